@@ -1,0 +1,576 @@
+//! `witnessctl`: status, membership and policy of a Witness cluster.
+//!
+//! It talks to any witness in `--endpoints` (tried in order until one
+//! answers); followers forward what only the leader may answer. Every call
+//! is bounded by `--timeout`. Output is a table for people or, with
+//! `--output json`, one JSON document for scripts.
+//!
+//! Exit codes (stable, for scripts):
+//! - 0: done.
+//! - 1: the cluster refused the request (invalid input, precondition failed).
+//! - 2: bad command line.
+//! - 3: no endpoint could be reached.
+//! - 4: reached, but the cluster could not answer (no leader, no quorum,
+//!   timeout).
+
+mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tonic::transport::{Channel, Endpoint};
+use witness_proto::admin_client::AdminClient;
+use witness_proto::*;
+
+pub use output::{history_json, members_json, status_json};
+
+#[derive(Parser, Debug)]
+#[command(name = "witnessctl", version, about = "Operate a Witness cluster")]
+pub struct Cli {
+    /// Witness gRPC endpoints, comma-separated host:port; tried in order.
+    #[arg(
+        long,
+        env = "WITNESS_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7400",
+        global = true
+    )]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "table", global = true)]
+    pub output: Output,
+    /// Give up on an endpoint after this long (humantime, e.g. 5s).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The cluster as the leader sees it (or one node's own view with --local).
+    Status {
+        /// Ask the first reachable endpoint for its own view; do not forward.
+        #[arg(long)]
+        local: bool,
+    },
+    /// List, add or remove witnesses.
+    Members {
+        #[command(subcommand)]
+        action: MembersAction,
+    },
+    /// Show or change the replicated cluster policy.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Committed decisions, oldest first.
+    History {
+        /// Show only the last N records (0 = all).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Stop automatic failover and failback (leases and operator failovers continue).
+    Freeze {
+        /// Why (recorded in history).
+        #[arg(long)]
+        reason: String,
+        /// End the freeze by itself after this long (e.g. 2h), measured on the
+        /// leader's clock from when it learns of the freeze.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// End the freeze.
+    Unfreeze {
+        #[arg(long)]
+        reason: String,
+    },
+    /// Make another site active, through the same lease wait as an automatic failover.
+    Failover {
+        /// The site to activate; a majority of witnesses must see it up.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        reason: String,
+        /// Fail back without the replica pre-flight check.
+        #[arg(long)]
+        accept_data_loss: bool,
+    },
+    /// Move Raft leadership to another voter (e.g. the third-site witness).
+    TransferLeader {
+        /// The voter to lead.
+        to: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MembersAction {
+    /// List members with role and reachability.
+    List,
+    /// Add a node: as a learner, then (unless --learner) as a voter once caught up.
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        name: String,
+        /// Its gRPC address, host:port.
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        site: String,
+        /// Stop after adding it as a learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Promote a learner to voter.
+    Promote { id: u64 },
+    /// Remove a node (voter or learner).
+    Remove { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyAction {
+    /// Print the committed policy (linearizable read).
+    Show,
+    /// Validate a policy file, show the diff, and commit it.
+    Apply {
+        file: PathBuf,
+        /// Why (recorded in history). Required unless --dry-run.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Only validate and show the diff.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: use e.g. 500ms, 5s, 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("bad duration {s:?}: use e.g. 500ms, 5s, 1m")),
+    }
+}
+
+/// Exit codes; see the crate docs.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const REFUSED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+    pub const UNAVAILABLE: u8 = 4;
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach any endpoint: {0}")]
+    Unreachable(String),
+    #[error("{endpoint}: {message}")]
+    Refused { endpoint: String, message: String },
+    #[error("{endpoint}: {message}")]
+    Unavailable { endpoint: String, message: String },
+}
+
+impl CtlError {
+    pub fn code(&self) -> u8 {
+        match self {
+            CtlError::Usage(_) => exit::USAGE,
+            CtlError::Unreachable(_) => exit::UNREACHABLE,
+            CtlError::Refused { .. } => exit::REFUSED,
+            CtlError::Unavailable { .. } => exit::UNAVAILABLE,
+        }
+    }
+}
+
+/// Run a parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return exit::UNAVAILABLE;
+        }
+    };
+    match runtime.block_on(execute(&cli)) {
+        Ok(text) => {
+            print!("{text}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.code()
+        }
+    }
+}
+
+/// Execute a command and return what to print.
+pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
+    let json = cli.output == Output::Json;
+    match &cli.command {
+        Command::Status { local } => {
+            let local = *local;
+            let reply = call(cli, move |mut c| async move {
+                c.status(StatusRequest { local }).await
+            })
+            .await?;
+            Ok(if json {
+                pretty(&status_json(&reply))
+            } else {
+                output::status_table(&reply)
+            })
+        }
+        Command::Members { action } => match action {
+            MembersAction::List => {
+                let reply = call(
+                    cli,
+                    |mut c| async move { c.members(MembersRequest {}).await },
+                )
+                .await?;
+                Ok(if json {
+                    pretty(&members_json(&reply.members))
+                } else {
+                    output::members_table(&reply.members)
+                })
+            }
+            MembersAction::Add {
+                id,
+                name,
+                addr,
+                site,
+                learner,
+            } => {
+                let req = AddMemberRequest {
+                    id: *id,
+                    name: name.clone(),
+                    addr: addr.clone(),
+                    site: site.clone(),
+                    learner_only: *learner,
+                };
+                let reply = call(cli, move |mut c| {
+                    let req = req.clone();
+                    async move { c.add_member(req).await }
+                })
+                .await?;
+                Ok(members_change(json, &reply))
+            }
+            MembersAction::Promote { id } => {
+                let id = *id;
+                let reply = call(cli, move |mut c| async move {
+                    c.promote_member(PromoteMemberRequest { id }).await
+                })
+                .await?;
+                Ok(members_change(json, &reply))
+            }
+            MembersAction::Remove { id } => {
+                let id = *id;
+                let reply = call(cli, move |mut c| async move {
+                    c.remove_member(RemoveMemberRequest { id }).await
+                })
+                .await?;
+                Ok(members_change(json, &reply))
+            }
+        },
+        Command::Policy { action } => match action {
+            PolicyAction::Show => {
+                let reply = call(cli, |mut c| async move {
+                    c.policy_show(PolicyShowRequest { allow_stale: false })
+                        .await
+                })
+                .await?;
+                Ok(if json {
+                    pretty(&serde_json::json!({"version": reply.version, "toml": reply.toml}))
+                } else {
+                    format!(
+                        "# cluster policy, version {}\n{}",
+                        reply.version, reply.toml
+                    )
+                })
+            }
+            PolicyAction::Apply {
+                file,
+                reason,
+                dry_run,
+            } => {
+                let toml = std::fs::read_to_string(file).map_err(|e| {
+                    CtlError::Usage(format!("cannot read policy file {}: {e}", file.display()))
+                })?;
+                if !dry_run && reason.trim().is_empty() {
+                    return Err(CtlError::Usage(
+                        "a policy change needs --reason \"...\" (it is recorded in history)".into(),
+                    ));
+                }
+                let req = PolicyApplyRequest {
+                    toml,
+                    reason: reason.clone(),
+                    operator: operator_name(),
+                    dry_run: *dry_run,
+                    expected_version: 0,
+                };
+                let reply = call(cli, move |mut c| {
+                    let req = req.clone();
+                    async move { c.policy_apply(req).await }
+                })
+                .await?;
+                Ok(if json {
+                    pretty(&serde_json::json!({
+                        "version": reply.version, "applied": reply.applied, "diff": reply.diff,
+                    }))
+                } else {
+                    output::policy_apply_text(&reply, *dry_run)
+                })
+            }
+        },
+        Command::History { limit } => {
+            let limit = *limit;
+            let reply = call(cli, move |mut c| async move {
+                c.history(HistoryRequest { limit }).await
+            })
+            .await?;
+            Ok(if json {
+                pretty(&history_json(&reply))
+            } else {
+                output::history_table(&reply)
+            })
+        }
+        Command::Freeze { reason, expires } => {
+            let req = FreezeRequest {
+                reason: reason.clone(),
+                operator: operator_name(),
+                expires_after_ms: expires.map(|d| d.as_millis() as u64).unwrap_or(0),
+            };
+            let reply = call(cli, move |mut c| {
+                let req = req.clone();
+                async move { c.freeze(req).await }
+            })
+            .await?;
+            Ok(if json {
+                pretty(&serde_json::json!({"mode": reply.mode}))
+            } else {
+                format!("mode: {}\n", reply.mode)
+            })
+        }
+        Command::Unfreeze { reason } => {
+            let req = UnfreezeRequest {
+                reason: reason.clone(),
+                operator: operator_name(),
+            };
+            let reply = call(cli, move |mut c| {
+                let req = req.clone();
+                async move { c.unfreeze(req).await }
+            })
+            .await?;
+            Ok(if json {
+                pretty(&serde_json::json!({"mode": reply.mode}))
+            } else {
+                format!("mode: {}\n", reply.mode)
+            })
+        }
+        Command::Failover {
+            to,
+            reason,
+            accept_data_loss,
+        } => {
+            let req = FailoverRequest {
+                to: to.clone(),
+                reason: reason.clone(),
+                operator: operator_name(),
+                accept_data_loss: *accept_data_loss,
+            };
+            let reply = call(cli, move |mut c| {
+                let req = req.clone();
+                async move { c.failover(req).await }
+            })
+            .await?;
+            Ok(if json {
+                pretty(&serde_json::json!({"epoch": reply.epoch, "message": reply.message}))
+            } else {
+                format!("{}\n", reply.message)
+            })
+        }
+        Command::TransferLeader { to } => {
+            let to = *to;
+            let reply = call(cli, move |mut c| async move {
+                c.transfer_leader(TransferLeaderRequest { to }).await
+            })
+            .await?;
+            Ok(if json {
+                pretty(&serde_json::json!({"leader_id": reply.leader_id}))
+            } else {
+                format!("node {} now leads\n", reply.leader_id)
+            })
+        }
+    }
+}
+
+fn members_change(json: bool, reply: &MembersReply) -> String {
+    if json {
+        pretty(&serde_json::json!({
+            "message": reply.message, "members": members_json(&reply.members),
+        }))
+    } else {
+        format!(
+            "{}\n\n{}",
+            reply.message,
+            output::members_table(&reply.members)
+        )
+    }
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    s.push('\n');
+    s
+}
+
+/// Who is operating, for the history record.
+fn operator_name() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// Call `f` on the first endpoint that answers. Connection failures move on
+/// to the next endpoint; an answer (even an error status) is final.
+async fn call<T, F, Fut>(cli: &Cli, f: F) -> Result<T, CtlError>
+where
+    F: Fn(AdminClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    if cli.endpoints.iter().all(|e| e.trim().is_empty()) {
+        return Err(CtlError::Usage(
+            "no endpoints: pass --endpoints host:port[,host:port…] or set WITNESS_ENDPOINTS".into(),
+        ));
+    }
+    let mut failures = Vec::new();
+    for endpoint in cli
+        .endpoints
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+    {
+        let uri = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let ep = Endpoint::from_shared(uri)
+            .map_err(|e| CtlError::Usage(format!("bad endpoint {endpoint:?}: {e}")))?
+            .connect_timeout(cli.timeout)
+            .timeout(cli.timeout);
+        let channel = match tokio::time::timeout(cli.timeout, ep.connect()).await {
+            Ok(Ok(ch)) => ch,
+            Ok(Err(e)) => {
+                failures.push(format!("{endpoint}: {}", source_chain(&e)));
+                continue;
+            }
+            Err(_) => {
+                failures.push(format!(
+                    "{endpoint}: no connection within {:?}",
+                    cli.timeout
+                ));
+                continue;
+            }
+        };
+        let client = AdminClient::new(channel);
+        return match tokio::time::timeout(cli.timeout, f(client)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(classify(endpoint, status)),
+            Err(_) => Err(CtlError::Unavailable {
+                endpoint: endpoint.to_string(),
+                message: format!(
+                    "no answer within {:?}; the cluster may have no quorum (try `witnessctl \
+                     status --local` against each node)",
+                    cli.timeout
+                ),
+            }),
+        };
+    }
+    Err(CtlError::Unreachable(format!(
+        "{}. Is witness running there? Check --endpoints / WITNESS_ENDPOINTS",
+        failures.join("; ")
+    )))
+}
+
+fn classify(endpoint: &str, status: tonic::Status) -> CtlError {
+    use tonic::Code;
+    let message = if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        status.message().to_string()
+    };
+    let endpoint = endpoint.to_string();
+    match status.code() {
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::AlreadyExists
+        | Code::NotFound
+        | Code::PermissionDenied
+        | Code::Unimplemented => CtlError::Refused { endpoint, message },
+        _ => CtlError::Unavailable { endpoint, message },
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations accept the documented units and reject anything else.
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5d").is_err());
+    }
+
+    /// Each gRPC status maps to the documented exit code.
+    #[test]
+    fn status_codes_map_to_exit_codes() {
+        use tonic::{Code, Status};
+        assert_eq!(
+            classify("e", Status::new(Code::InvalidArgument, "x")).code(),
+            exit::REFUSED
+        );
+        assert_eq!(
+            classify("e", Status::new(Code::Unavailable, "x")).code(),
+            exit::UNAVAILABLE
+        );
+        assert_eq!(
+            classify("e", Status::new(Code::DeadlineExceeded, "x")).code(),
+            exit::UNAVAILABLE
+        );
+    }
+}

@@ -1,0 +1,419 @@
+//! Rendering replies as tables for people and JSON for scripts.
+//!
+//! The JSON field names are a documented interface (README, "witnessctl
+//! status --output json"): later versions add fields, never rename them.
+
+use serde_json::{Value, json};
+use witness_proto::{HistoryReply, Member, PolicyApplyReply, SiteStatus, StatusReply};
+
+/// `status --output json`.
+pub fn status_json(s: &StatusReply) -> Value {
+    json!({
+        "cluster_name": s.cluster_name,
+        "cluster_id": s.cluster_id,
+        "answered_by": s.answered_by,
+        "answered_by_name": s.answered_by_name,
+        "role": s.role,
+        "leader_id": s.leader_id,
+        "term": s.term,
+        "commit_index": s.commit_index,
+        "applied_index": s.applied_index,
+        "last_log_index": s.last_log_index,
+        "ready": s.ready,
+        "not_ready_reason": non_empty(&s.not_ready_reason),
+        "policy_version": s.policy_version,
+        "note": non_empty(&s.note),
+        "members": members_json(&s.members),
+        "active_site": non_empty(&s.active_site),
+        "epoch": s.epoch,
+        "mode": s.mode,
+        "freeze_reason": non_empty(&s.freeze_reason),
+        "freeze_expires_in_ms": s.freeze_expires_in_ms,
+        "pending_failover": s.pending.as_ref().map(|p| json!({
+            "from": p.from, "to": p.to, "cause": p.cause, "reason": p.reason,
+            "remaining_ms": p.remaining_ms,
+        })),
+        "decision": s.decision,
+        "sites": s.sites.iter().map(site_json).collect::<Vec<_>>(),
+    })
+}
+
+fn site_json(site: &SiteStatus) -> Value {
+    json!({
+        "name": site.name,
+        "active": site.active,
+        "down": site.down,
+        "up": site.up,
+        "consul_veto": site.consul_veto,
+        "quorum": site.quorum,
+        "observations": site.observations.iter().map(|o| json!({
+            "witness": o.witness,
+            "health": o.health,
+            "seen": o.seen,
+            "fresh": o.fresh,
+            "age_ms": o.age_ms,
+            "view": serde_json::from_str::<Value>(&o.view_json).unwrap_or(Value::Null),
+            "consul": serde_json::from_str::<Value>(&o.consul_json).unwrap_or(Value::Null),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The `members` array shared by `status` and `members list`.
+pub fn members_json(members: &[Member]) -> Value {
+    Value::Array(
+        members
+            .iter()
+            .map(|m| {
+                json!({
+                    "id": m.id,
+                    "name": m.name,
+                    "addr": m.addr,
+                    "site": m.site,
+                    "voter": m.voter,
+                    "reachable": m.reachable,
+                    "incarnation": non_empty(&m.incarnation),
+                    "matched_index": m.matched_index,
+                    "last_ack_ms": m.last_ack_ms,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `history --output json`: an array of the state machine's records.
+pub fn history_json(h: &HistoryReply) -> Value {
+    Value::Array(
+        h.entries
+            .iter()
+            .map(|e| serde_json::from_str(&e.json).unwrap_or_else(|_| json!({"raw": e.json})))
+            .collect(),
+    )
+}
+
+fn non_empty(s: &str) -> Value {
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s.to_string())
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Left-aligned columns sized to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+/// `status` for people.
+pub fn status_table(s: &StatusReply) -> String {
+    let mut out = String::new();
+    let name_of = |id: u64| {
+        s.members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.name.clone())
+            .unwrap_or_default()
+    };
+    out.push_str(&format!(
+        "cluster {}  (id {})\n",
+        s.cluster_name,
+        s.cluster_id.get(..12).unwrap_or(&s.cluster_id)
+    ));
+    out.push_str(&format!(
+        "answered by node {} ({}), {}\n",
+        s.answered_by, s.answered_by_name, s.role
+    ));
+    match s.leader_id {
+        Some(l) => out.push_str(&format!("leader:  node {l} ({})\n", name_of(l))),
+        None => out.push_str("leader:  NONE (no quorum, or an election is running)\n"),
+    }
+    out.push_str(&format!(
+        "raft:    term {}  commit {}  applied {}  last log {}\n",
+        s.term, s.commit_index, s.applied_index, s.last_log_index
+    ));
+    out.push_str(&format!("policy:  version {}\n", s.policy_version));
+    let active = if s.active_site.is_empty() {
+        "none yet"
+    } else {
+        s.active_site.as_str()
+    };
+    out.push_str(&format!(
+        "verdict: {active} active, epoch {}, mode {}\n",
+        s.epoch, s.mode
+    ));
+    if !s.freeze_reason.is_empty() {
+        let ends = s
+            .freeze_expires_in_ms
+            .map(|ms| format!(", ends in {}s", ms.div_ceil(1000)))
+            .unwrap_or_default();
+        out.push_str(&format!("frozen:  {}{ends}\n", s.freeze_reason));
+    }
+    if let Some(p) = &s.pending {
+        out.push_str(&format!(
+            "FAILOVER PENDING: {} → {} ({}) in {:.1}s, after the leases of {} run out: {}\n",
+            p.from,
+            p.to,
+            p.cause,
+            p.remaining_ms as f64 / 1000.0,
+            p.from,
+            p.reason
+        ));
+    }
+    for d in &s.decision {
+        out.push_str(&format!("why:     {d}\n"));
+    }
+    if s.ready {
+        out.push_str("ready:   yes\n");
+    } else {
+        out.push_str(&format!("ready:   NO: {}\n", s.not_ready_reason));
+    }
+    if !s.note.is_empty() {
+        out.push_str(&format!("note:    {}\n", s.note));
+    }
+    if !s.sites.is_empty() {
+        out.push('\n');
+        out.push_str(&sites_table(s));
+    }
+    out.push('\n');
+    out.push_str(&members_table(&s.members));
+    out
+}
+
+/// One row per (site, witness): what each witness sees and what counts.
+fn sites_table(s: &StatusReply) -> String {
+    let mut rows = Vec::new();
+    for site in &s.sites {
+        for o in &site.observations {
+            let view: Value = serde_json::from_str(&o.view_json).unwrap_or(Value::Null);
+            let failing: Vec<String> = view["targets"]
+                .as_array()
+                .map(|ts| {
+                    ts.iter()
+                        .filter(|t| t["health"] != "up")
+                        .map(|t| {
+                            let err = t["last_error"].as_str().unwrap_or("");
+                            format!(
+                                "{} {}{}",
+                                t["name"].as_str().unwrap_or("?"),
+                                t["health"].as_str().unwrap_or("?"),
+                                if err.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" ({err})")
+                                }
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let consul: Value = serde_json::from_str(&o.consul_json).unwrap_or(Value::Null);
+            let consul_text = match consul["error"].as_str() {
+                Some(e) => format!("consul: {e}"),
+                None if consul["reachable"] == true => "consul ok".to_string(),
+                None => String::new(),
+            };
+            rows.push(vec![
+                format!("{}{}", site.name, if site.active { " *" } else { "" }),
+                format!(
+                    "{}/{} down, {}/{} up",
+                    site.down, site.quorum, site.up, site.quorum
+                ),
+                o.witness.to_string(),
+                o.health.clone(),
+                if o.fresh {
+                    o.seen.clone()
+                } else {
+                    format!("{} (stale)", o.seen)
+                },
+                o.age_ms
+                    .map(|a| format!("{:.1}s", a as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                [failing.join(", "), consul_text]
+                    .iter()
+                    .filter(|x| !x.is_empty())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ]);
+        }
+    }
+    table(
+        &[
+            "SITE",
+            "VOTES (quorum)",
+            "WITNESS",
+            "PROBES",
+            "COUNTED",
+            "AGE",
+            "DETAILS",
+        ],
+        &rows,
+    )
+}
+
+/// `members list` for people.
+pub fn members_table(members: &[Member]) -> String {
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.name.clone(),
+                m.site.clone(),
+                m.addr.clone(),
+                if m.voter { "voter" } else { "learner" }.to_string(),
+                yes_no(m.reachable).to_string(),
+                m.matched_index
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                m.last_ack_ms
+                    .map(|ms| format!("{ms}ms"))
+                    .unwrap_or_else(|| "-".into()),
+                if m.incarnation.is_empty() {
+                    "(not pinned yet)".to_string()
+                } else {
+                    m.incarnation
+                        .get(..12)
+                        .unwrap_or(&m.incarnation)
+                        .to_string()
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "SITE",
+            "ADDRESS",
+            "ROLE",
+            "REACHABLE",
+            "MATCHED",
+            "LAST ACK",
+            "INCARNATION",
+        ],
+        &rows,
+    )
+}
+
+/// `history` for people.
+pub fn history_table(h: &HistoryReply) -> String {
+    if h.entries.is_empty() {
+        return "no committed decisions yet\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = h
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.log_index.to_string(),
+                format_unix_ms(e.at_unix_ms),
+                e.by.clone(),
+                e.event.clone(),
+                e.reason.clone(),
+            ]
+        })
+        .collect();
+    table(&["INDEX", "TIME (UTC)", "BY", "EVENT", "REASON"], &rows)
+}
+
+/// `policy apply` for people.
+pub fn policy_apply_text(r: &PolicyApplyReply, dry_run: bool) -> String {
+    let mut out = String::new();
+    if r.diff.is_empty() {
+        out.push_str(&format!(
+            "no change: the committed policy (version {}) is identical\n",
+            r.version
+        ));
+        return out;
+    }
+    out.push_str(&r.diff);
+    if r.applied {
+        out.push_str(&format!("\ncommitted as policy version {}\n", r.version));
+    } else if dry_run {
+        out.push_str(&format!(
+            "\ndry run: nothing committed (current version {})\n",
+            r.version
+        ));
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC, without a date library.
+pub fn format_unix_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{d:02} {h:02}:{m:02}:{s:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known instants render as their calendar dates.
+    #[test]
+    fn unix_ms_renders_utc() {
+        assert_eq!(format_unix_ms(0), "1970-01-01 00:00:00");
+        assert_eq!(format_unix_ms(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(format_unix_ms(1_795_000_000_000), "2026-11-18 11:06:40");
+    }
+
+    /// The documented status JSON fields are present with their names.
+    #[test]
+    fn status_json_has_documented_fields() {
+        let s = StatusReply {
+            leader_id: Some(1),
+            term: 3,
+            commit_index: 9,
+            members: vec![Member {
+                id: 1,
+                name: "w1".into(),
+                voter: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let v = status_json(&s);
+        assert_eq!(v["leader_id"], 1);
+        assert_eq!(v["term"], 3);
+        assert_eq!(v["commit_index"], 9);
+        for f in ["id", "name", "addr", "site", "voter", "reachable"] {
+            assert!(v["members"][0].get(f).is_some(), "missing members[].{f}");
+        }
+    }
+}

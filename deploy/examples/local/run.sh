@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Start the local three-witness cluster of deploy/examples/local on 127.0.0.1
+# and keep it running until Ctrl-C, which stops the three nodes.
+#
+#   bash deploy/examples/local/run.sh          # fresh cluster (wipes /tmp/witness-local)
+#   bash deploy/examples/local/run.sh --keep   # restart on the existing data
+#
+# Nodes: w1 (dc-a) 127.0.0.1:7410, w2 (dc-b) :7420, w3 (dc-c) :7430;
+# HTTP /healthz and /readyz on :7411, :7421, :7431. Logs: /tmp/witness-local/wN.log
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../../.." && pwd)
+data=/tmp/witness-local
+keep=false
+[[ "${1:-}" == "--keep" ]] && keep=true
+
+cd "$root"
+echo "building witness and witnessctl (release)…"
+cargo build --release --quiet -p witness -p witnessctl
+bin="$root/target/release"
+export WITNESS_ENDPOINTS=127.0.0.1:7410,127.0.0.1:7420,127.0.0.1:7430
+
+if ! $keep; then
+  rm -rf "$data"
+fi
+mkdir -p "$data"
+if [[ ! -d "$data/w1" ]]; then
+  "$bin/witness" init --config "$here/witness-1.toml" --policy "$here/cluster.toml"
+fi
+
+pids=()
+cleanup() {
+  echo
+  echo "stopping the three witnesses…"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  echo "stopped; data kept in $data (restart with --keep, or rm -rf $data)"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for n in 1 2 3; do
+  "$bin/witness" run --config "$here/witness-$n.toml" >>"$data/w$n.log" 2>&1 &
+  pids+=($!)
+done
+
+echo "waiting for the cluster to elect a leader and apply its policy…"
+for _ in $(seq 1 100); do
+  ready=0
+  for port in 7411 7421 7431; do
+    if exec 3<>/dev/tcp/127.0.0.1/$port 2>/dev/null; then
+      printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3
+      grep -q "200 OK" <&3 && ready=$((ready + 1))
+      exec 3<&- 3>&-
+    fi
+  done
+  [[ $ready == 3 ]] && break
+  sleep 0.2
+done
+
+"$bin/witnessctl" status || true
+cat <<TXT
+
+The cluster runs. In another terminal, try:
+  export WITNESS_ENDPOINTS=$WITNESS_ENDPOINTS
+  $bin/witnessctl status
+  $bin/witnessctl members list
+  $bin/witnessctl policy show
+  $bin/witnessctl history
+  kill -9 \$(pgrep -f witness-1.toml)      # kill node 1; the others elect a leader
+Logs: $data/w1.log $data/w2.log $data/w3.log
+Ctrl-C stops the cluster.
+TXT
+wait

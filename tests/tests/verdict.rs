@@ -1,0 +1,169 @@
+//! The site verdict over real processes: probes, detection quorum, the lease
+//! wait, freezes and operator failovers.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use witness_e2e::*;
+
+/// Failover bound for these tests: detection (3 × 500 ms + 400 ms), two
+/// observation commits, the lease wait (3 s × 1.01/0.99 + 1 s ≈ 4.1 s), and
+/// generous slack for a loaded CI machine.
+const FAILOVER_BOUND: Duration = Duration::from_secs(40);
+
+fn start(sites: &Sites, extra: &str) -> Cluster {
+    let mut c = Cluster::new(3);
+    c.set_policy(&sites.policy(extra));
+    let out = c.init(1);
+    assert!(out.status.success(), "init: {}", text(&out));
+    for id in 1..=3 {
+        c.start(id);
+    }
+    c.wait_ready(&[1, 2, 3], SETTLE);
+    c
+}
+
+fn last_activation(c: &Cluster) -> Value {
+    c.history()
+        .into_iter()
+        .rev()
+        .find(|r| r["event"].get("activated").is_some())
+        .expect("an activation in history")
+}
+
+/// A site whose services all die is declared dead by the witnesses, and the
+/// other site is activated at the next epoch, after the lease wait, with the
+/// evidence recorded in history.
+#[test]
+fn site_dies_other_site_is_activated_at_the_next_epoch() {
+    let mut sites = Sites::start();
+    let c = start(&sites, "");
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let rec = last_activation(&c);
+    assert_eq!(rec["event"]["activated"]["cause"], "initial", "{rec}");
+
+    let t0 = Instant::now();
+    sites.kill('a');
+    let s = c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+    eprintln!("failover took {:?}", t0.elapsed());
+    assert_eq!(s["mode"], "auto");
+
+    let rec = last_activation(&c);
+    let act = &rec["event"]["activated"];
+    assert_eq!(act["cause"], "site_down", "{rec}");
+    assert_eq!(act["from"], "dc-a");
+    assert_eq!(act["to"], "dc-b");
+    assert_eq!(act["epoch"], 2);
+    assert_eq!(rec["by"], "Auto");
+    let ev = &act["evidence"];
+    let a = ev["assessment"]
+        .as_array()
+        .expect("assessment")
+        .iter()
+        .find(|t| t["site"] == "dc-a")
+        .cloned()
+        .expect("dc-a tally");
+    assert!(
+        a["down"].as_array().expect("down").len() >= 2,
+        "a detection quorum saw dc-a down: {a}"
+    );
+    let lease_wait = ev["lease_wait_ms"].as_u64().expect("lease wait");
+    assert!(
+        lease_wait >= 4000,
+        "lease wait covers lease_ttl with drift and margin: {lease_wait}"
+    );
+    let since = ev["since_last_lease_ms"]
+        .as_u64()
+        .expect("since last lease");
+    assert!(
+        since >= lease_wait,
+        "activated only after every lease could be over: {since} < {lease_wait}"
+    );
+    assert!(
+        ev["observations"].as_array().is_some_and(|o| o.len() >= 2),
+        "observations recorded"
+    );
+}
+
+/// While frozen, a dead active site is not failed over, and status says
+/// why; after unfreeze the failover happens.
+#[test]
+fn freeze_blocks_failover_until_unfreeze() {
+    let mut sites = Sites::start();
+    let c = start(&sites, "");
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let out = c.ctl(&["freeze", "--reason", "planned maintenance"]);
+    assert!(out.status.success(), "freeze: {}", text(&out));
+    sites.kill('a');
+    // Long enough for detection and a lease wait, twice over.
+    std::thread::sleep(Duration::from_secs(12));
+    let s = c.status().expect("status");
+    assert_eq!(s["active_site"], "dc-a", "no failover while frozen: {s}");
+    assert_eq!(s["epoch"], 1);
+    assert_eq!(s["mode"], "frozen");
+    let why = s["decision"].to_string();
+    assert!(
+        why.contains("planned maintenance"),
+        "status explains the hold: {why}"
+    );
+    let down = s["sites"]
+        .as_array()
+        .expect("sites")
+        .iter()
+        .find(|x| x["name"] == "dc-a")
+        .expect("dc-a")["down"]
+        .as_u64();
+    assert!(
+        down.is_some_and(|d| d >= 2),
+        "status shows the witnesses see dc-a down: {s}"
+    );
+
+    let out = c.ctl(&["unfreeze", "--reason", "done"]);
+    assert!(out.status.success(), "unfreeze: {}", text(&out));
+    c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+}
+
+/// An operator failover moves the active site through the lease wait, even
+/// while frozen; a failover to a site a majority does not see up is refused.
+#[test]
+fn operator_failover_needs_a_live_target() {
+    let mut sites = Sites::start();
+    let c = start(&sites, "");
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let out = c.ctl(&["freeze", "--reason", "maintenance"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = c.ctl(&[
+        "--timeout",
+        "40s",
+        "failover",
+        "--to",
+        "dc-b",
+        "--reason",
+        "move for maintenance",
+    ]);
+    assert!(out.status.success(), "failover: {}", text(&out));
+    let s = c.wait_verdict("dc-b", 2, SETTLE);
+    assert_eq!(
+        s["mode"], "frozen",
+        "an operator failover does not unfreeze"
+    );
+    let rec = last_activation(&c);
+    assert_eq!(rec["event"]["activated"]["cause"], "operator");
+    assert!(rec["by"].to_string().contains("Operator"), "{rec}");
+
+    sites.kill('a');
+    std::thread::sleep(Duration::from_secs(4));
+    let out = c.ctl(&[
+        "--timeout",
+        "40s",
+        "failover",
+        "--to",
+        "dc-a",
+        "--reason",
+        "back",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "refused: {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("majority"), "says why: {err}");
+    assert_eq!(c.status().expect("status")["epoch"], 2);
+}

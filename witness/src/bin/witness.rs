@@ -1,0 +1,88 @@
+//! `witness`: the daemon and its offline commands. Thin: parse, then call
+//! the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "witness",
+    version,
+    about = "Consensus-based datacenter witness for Carbonio HA"
+)]
+struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a witness node (an empty data dir makes a joiner that waits to be admitted).
+    Run {
+        /// The node's TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create a new cluster on this node, once: cluster id, incarnation, initial membership.
+    Init {
+        /// The node's TOML config (its [[peer]] list is the initial membership).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The cluster policy file (cluster.toml), committed as the first policy.
+        #[arg(long, short)]
+        policy: PathBuf,
+    },
+    /// Validate a node config or a cluster policy file and print the effective config.
+    CheckConfig {
+        /// A node config (has a [node] table) or a cluster policy file.
+        file: PathBuf,
+        /// With a node config: also check its Raft timers against this policy.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::CheckConfig { file, policy } => {
+            witness::cli::check_config(&file, policy.as_deref())
+        }
+        Command::Init { config, policy } => witness::cli::init(&config, &policy),
+        Command::Run { config } => witness::cli::run(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WITNESS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Under systemd the journal adds its own timestamps.
+    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (format, under_systemd) {
+        (LogFormat::Json, _) => builder.json().init(),
+        (LogFormat::Text, true) => builder.without_time().init(),
+        (LogFormat::Text, false) => builder.init(),
+    }
+}

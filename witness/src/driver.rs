@@ -1,0 +1,559 @@
+//! The moving parts around the pure engine, per node: the observation
+//! clock, the observer that turns this witness's probes into log entries,
+//! and the leader's failover driver with its soft state.
+//!
+//! Soft state lives only in memory and is rebuilt, conservatively, after a
+//! restart or a leadership change:
+//! - *When was each observation applied here?* Entries already in the local
+//!   log at start are replays: their observations count as expired until
+//!   their witness speaks again. An observation applied before the last
+//!   unfreeze does not count either.
+//! - *Which grants did this leader make, which site is it draining?* The
+//!   [`LeaseBook`] of the current term; a new term starts a new book, so a
+//!   new leader never continues a predecessor's wait.
+//! - *When was the freeze armed?* On the leader's monotonic clock, when it
+//!   first saw the freeze in this term: an expiry can only last longer than
+//!   stated, never shorter.
+//!
+//! The driver never activates on its own authority: it runs the engine,
+//! drains and waits as the engine's module doc argues, and proposes a
+//! compare-and-set that the state machine may still reject.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+
+use crate::engine::lease::{GrantRefusal, LeaseBook, Mono};
+use crate::engine::{self, AgentSeen, AppliedAt, Decision, Inputs};
+use crate::node::{Node, NodeError, unix_ms};
+use crate::probe::{ConsulEvidence, LocalView, SiteView};
+use crate::raft::types::NodeId;
+use crate::state::{
+    Actor, AgentReport, Cause, Evidence, Mode, Observation, Request, Response, WitnessState,
+};
+
+/// How often the driver re-evaluates when nothing wakes it.
+const TICK: Duration = Duration::from_millis(100);
+/// The observer never proposes more often than this, whatever flaps.
+const MIN_OBSERVE_INTERVAL: Duration = Duration::from_millis(200);
+/// Agents not heard from for this long are dropped from the leader's table.
+const AGENT_FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// A failover the leader is waiting to commit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pending {
+    pub from: String,
+    pub to: String,
+    pub cause: Cause,
+    pub by: Actor,
+    pub reason: String,
+    pub drained_at: Mono,
+    /// When every lease of `from` is over (moves later if a grant raced in).
+    pub safe_after: Mono,
+}
+
+/// An operator's `failover --to`, waiting for the driver.
+#[derive(Clone, Debug)]
+pub struct OperatorFailover {
+    pub to: String,
+    pub operator: String,
+    pub reason: String,
+    pub result: tokio::sync::watch::Sender<Option<Result<u64, String>>>,
+}
+
+/// Per-node soft state.
+#[derive(Debug, Default)]
+pub struct Soft {
+    pub book: LeaseBook,
+    pub applied_at: AppliedAt,
+    /// Log entries up to this index were in the local log at start.
+    pub startup_last_log: u64,
+    /// Observations applied before this instant do not count.
+    pub not_before: Mono,
+    pub agents: BTreeMap<String, AgentSeen>,
+    pub pending: Option<Pending>,
+    pub freeze_armed: Option<(u64, Mono)>,
+    /// The engine's latest decision on the leader, for status.
+    pub last_decision: Option<Decision>,
+    pub operator: Option<OperatorFailover>,
+    pub last_mode: Option<Mode>,
+}
+
+impl Soft {
+    /// Start a new book if Raft moved to a new term since the last one.
+    /// `now` may be later than the actual election: the wait then only
+    /// grows, which is the safe direction.
+    pub fn ensure_term(&mut self, term: u64, now: Mono) {
+        if self.book.term() != term {
+            self.book.begin_term(term, now);
+            self.pending = None;
+            self.freeze_armed = None;
+        }
+    }
+}
+
+impl Node {
+    /// This node's monotonic clock.
+    pub fn now(&self) -> Mono {
+        self.clock_origin.elapsed()
+    }
+
+    /// Voters of the committed, non-joint configuration.
+    pub fn committed_voters(&self) -> Option<BTreeSet<NodeId>> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let joint = m.committed_membership_config.get_joint_config();
+        if joint.len() != 1
+            || m.membership_config.log_id() != m.committed_membership_config.log_id()
+        {
+            return None;
+        }
+        joint.first().cloned()
+    }
+
+    /// Run the engine on the current state.
+    pub fn decide_now(&self) -> (Decision, Arc<crate::raft::store::AppliedState>) {
+        let applied = self.state.current();
+        let voters = self.committed_voters();
+        let soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
+        let agents: Vec<AgentSeen> = soft.agents.values().cloned().collect();
+        let inputs = Inputs {
+            state: &applied.state,
+            voters: voters.as_ref(),
+            applied_at: &soft.applied_at,
+            agents: &agents,
+            now: self.now(),
+            now_unix_ms: unix_ms(),
+            not_before: soft.not_before,
+        };
+        (engine::decide(&inputs), applied.clone())
+    }
+
+    /// Record a grant to `site` for the current term, unless it is draining.
+    pub fn record_grant(&self, term: u64, site: &str) -> Result<(), GrantRefusal> {
+        let now = self.now();
+        let mut soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
+        soft.ensure_term(term, now);
+        soft.book.try_grant(site, now)
+    }
+
+    /// Remember what an agent said in a renewal (evidence, agent veto).
+    pub fn record_agent(&self, report: AgentReport) {
+        let now = self.now();
+        let mut soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
+        soft.agents
+            .retain(|_, a| now.saturating_sub(a.heard_at) < AGENT_FORGET_AFTER);
+        soft.agents.insert(
+            report.agent.clone(),
+            AgentSeen {
+                report,
+                heard_at: now,
+            },
+        );
+    }
+
+    /// Propose through the leader: locally when leading, else over the Raft
+    /// service's `Propose` (the leader checks the sender's identity).
+    pub async fn propose(&self, request: Request) -> Result<Response, NodeError> {
+        if self.is_leader() {
+            return self
+                .raft
+                .client_write(request)
+                .await
+                .map(|r| r.data)
+                .map_err(|e| NodeError::Unavailable(format!("commit: {e}")));
+        }
+        let leader = self.leader().ok_or(NodeError::NotLeader { leader: None })?;
+        self.net
+            .propose_to(leader, &request)
+            .await
+            .map_err(NodeError::Unavailable)
+    }
+}
+
+/// Follow the state: note when each observation was applied here, and when
+/// the mode went back to auto.
+pub async fn track_observations(node: Arc<Node>) {
+    let mut rx = node.state.subscribe();
+    loop {
+        {
+            let applied = rx.borrow_and_update().clone();
+            let now = node.now();
+            let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+            let startup = soft.startup_last_log;
+            for (w, obs) in &applied.state.observations {
+                let known = soft
+                    .applied_at
+                    .get(w)
+                    .is_some_and(|(i, _)| *i == obs.log_index);
+                if !known && obs.log_index > startup {
+                    soft.applied_at.insert(*w, (obs.log_index, now));
+                }
+            }
+            let mode = applied.state.verdict.mode;
+            if soft.last_mode == Some(Mode::Frozen) && mode == Mode::Auto {
+                // Observations must be newer than the end of the freeze.
+                soft.not_before = now;
+            }
+            soft.last_mode = Some(mode);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Per site: (name, health, per target: (name, health, Consul evidence kind)).
+type ViewSummary = Vec<(String, String, Vec<(String, String, String)>)>;
+
+/// What of a view is worth a log entry when it changes.
+fn summary(sites: &BTreeMap<String, SiteView>) -> ViewSummary {
+    sites
+        .values()
+        .map(|s| {
+            let targets = s
+                .targets
+                .iter()
+                .map(|t| {
+                    let consul = match &t.consul {
+                        None => "-".to_string(),
+                        Some(ConsulEvidence::Passing) => "passing".into(),
+                        Some(ConsulEvidence::Critical { check, .. }) => format!("critical:{check}"),
+                        Some(ConsulEvidence::NodeDead) => "node-dead".into(),
+                        Some(ConsulEvidence::NotRegistered) => "not-registered".into(),
+                        Some(ConsulEvidence::Unknown { .. }) => "unknown".into(),
+                    };
+                    (t.name.clone(), t.health.to_string(), consul)
+                })
+                .collect();
+            (s.site.clone(), s.health.to_string(), targets)
+        })
+        .collect()
+}
+
+/// Turn this witness's probes into `Observe` entries: when its view of a
+/// site changes, and at least every `observation_ttl / 2` to re-affirm.
+pub async fn observe(node: Arc<Node>, mut view: tokio::sync::watch::Receiver<Arc<LocalView>>) {
+    let me = node.config.node.id;
+    let mut last_sent: Option<(ViewSummary, Mono)> = None;
+    loop {
+        let local = view.borrow_and_update().clone();
+        let applied = node.state.current();
+        let ttl = applied
+            .state
+            .policy
+            .as_ref()
+            .map(|p| p.failover.observation_ttl);
+        let is_member = node.identity.member(me).is_some();
+        if let (Some(ttl), true, false) = (ttl, is_member, local.sites.is_empty()) {
+            let now = node.now();
+            let current = summary(&local.sites);
+            let committed = applied
+                .state
+                .observations
+                .get(&me)
+                .map(|o| summary(&o.sites));
+            let changed = committed.as_ref() != Some(&current);
+            let due = last_sent
+                .as_ref()
+                .is_none_or(|(_, at)| now.saturating_sub(*at) >= ttl / 2);
+            let too_soon = last_sent
+                .as_ref()
+                .is_some_and(|(_, at)| now.saturating_sub(*at) < MIN_OBSERVE_INTERVAL);
+            if (changed || due) && !too_soon {
+                let req = Request::Observe {
+                    witness: me,
+                    sites: local.sites.clone(),
+                    consul: local.consul.clone(),
+                    at_unix_ms: unix_ms(),
+                };
+                match node.propose(req).await {
+                    Ok(_) => last_sent = Some((current, now)),
+                    Err(e) => tracing::debug!("observation not committed yet: {e}"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = view.changed() => {}
+            _ = tokio::time::sleep(TICK * 5) => {}
+        }
+        tokio::time::sleep(MIN_OBSERVE_INTERVAL / 4).await;
+    }
+}
+
+/// The leader's loop: re-run the engine, drain, wait, activate; expire
+/// freezes. Idle on followers.
+pub async fn drive(node: Arc<Node>) {
+    let mut state_rx = node.state.subscribe();
+    loop {
+        if let Err(e) = drive_once(&node).await {
+            tracing::debug!("driver: {e}");
+        }
+        tokio::select! {
+            _ = state_rx.changed() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+async fn drive_once(node: &Arc<Node>) -> Result<(), NodeError> {
+    let m = node.raft.metrics().borrow_watched().clone();
+    if m.state != ServerState::Leader {
+        let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+        soft.pending = None;
+        soft.last_decision = None;
+        if let Some(op) = soft.operator.take() {
+            let _ = op.result.send(Some(Err(format!(
+                "node {} lost leadership; retry",
+                node.config.node.id
+            ))));
+        }
+        return Ok(());
+    }
+    let now = node.now();
+    let term = m.current_term;
+    let applied = node.state.current();
+    let Some(policy) = applied.state.policy.clone() else {
+        return Ok(());
+    };
+    node.soft
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .ensure_term(term, now);
+
+    expire_freeze(node, &applied.state, now).await?;
+
+    let (decision, applied) = node.decide_now();
+    let operator = node
+        .soft
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .operator
+        .clone();
+    let wanted = match (&operator, &decision) {
+        (Some(op), _) => operator_decision(node, op),
+        (
+            None,
+            Decision::Activate {
+                to,
+                from,
+                cause,
+                reason,
+                ..
+            },
+        ) => Some((
+            to.clone(),
+            from.clone(),
+            *cause,
+            Actor::Auto,
+            reason.clone(),
+        )),
+        (None, Decision::Hold { .. }) => None,
+    };
+    node.soft
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .last_decision = Some(decision.clone());
+
+    let Some((to, from, cause, by, reason)) = wanted else {
+        let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = soft.pending.take() {
+            soft.book.undrain();
+            tracing::warn!(from = %p.from, to = %p.to, "failover aborted: the evidence no longer holds");
+        }
+        return Ok(());
+    };
+    let lease_wait = engine::lease_wait(&policy);
+    let ready = match &from {
+        None => true,
+        Some(from) => {
+            let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+            let same = soft
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.to == to && &p.from == from);
+            if !same {
+                soft.book.drain(from);
+                tracing::warn!(
+                    %from, %to, cause = %cause, wait = ?lease_wait,
+                    "failover: draining {from}, waiting out its leases before activating {to}"
+                );
+            }
+            let safe_after = soft.book.safe_after(from, lease_wait);
+            let drained_at = soft
+                .pending
+                .as_ref()
+                .filter(|_| same)
+                .map_or(now, |p| p.drained_at);
+            soft.pending = Some(Pending {
+                from: from.clone(),
+                to: to.clone(),
+                cause,
+                by: by.clone(),
+                reason: reason.clone(),
+                drained_at,
+                safe_after,
+            });
+            now >= safe_after
+        }
+    };
+    if !ready {
+        return Ok(());
+    }
+    let (waited_ms, since_last_lease_ms, agents) = {
+        let soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+        let waited = soft
+            .pending
+            .as_ref()
+            .map_or(0, |p| now.saturating_sub(p.drained_at).as_millis() as u64);
+        let since = from.as_ref().map_or(0, |f| {
+            now.saturating_sub(soft.book.lease_basis(f)).as_millis() as u64
+        });
+        let agents: Vec<AgentReport> = soft
+            .agents
+            .values()
+            .map(|a| AgentReport {
+                age_ms: now.saturating_sub(a.heard_at).as_millis() as u64,
+                ..a.report.clone()
+            })
+            .collect();
+        (waited, since, agents)
+    };
+    let evidence = Evidence {
+        observations: counted_observations(&applied.state, decision.tallies()),
+        assessment: decision.tallies().to_vec(),
+        agents,
+        lease_wait_ms: if from.is_some() {
+            lease_wait.as_millis() as u64
+        } else {
+            0
+        },
+        waited_ms,
+        since_last_lease_ms,
+        consul_mode: policy.consul.mode.as_str().to_string(),
+    };
+    let epoch = applied.state.verdict.epoch + 1;
+    let req = Request::Activate {
+        site: to.clone(),
+        epoch,
+        expected: applied.state.verdict.clone(),
+        cause,
+        by,
+        reason: reason.clone(),
+        evidence: Box::new(evidence),
+        at_unix_ms: unix_ms(),
+    };
+    let result = node.raft.client_write(req).await;
+    let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+    soft.pending = None;
+    soft.book.undrain();
+    let outcome = match result {
+        Ok(r) => match r.data {
+            Response::Activated { site, epoch } => {
+                tracing::warn!(%site, epoch, cause = %cause, "ACTIVATED {site} at epoch {epoch}: {reason}");
+                Ok(epoch)
+            }
+            Response::Rejected(why) => {
+                tracing::warn!("activation of {to} rejected by the state machine: {why}");
+                Err(why)
+            }
+            other => Err(format!("unexpected response {other:?}")),
+        },
+        Err(e) => Err(format!("commit failed: {e}")),
+    };
+    if let Some(op) = soft.operator.take() {
+        let _ = op.result.send(Some(outcome));
+    }
+    Ok(())
+}
+
+/// The operator's request as a decision, or its refusal sent back.
+fn operator_decision(
+    node: &Arc<Node>,
+    op: &OperatorFailover,
+) -> Option<(String, Option<String>, Cause, Actor, String)> {
+    let applied = node.state.current();
+    let voters = node.committed_voters();
+    let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+    let agents: Vec<AgentSeen> = soft.agents.values().cloned().collect();
+    let inputs = Inputs {
+        state: &applied.state,
+        voters: voters.as_ref(),
+        applied_at: &soft.applied_at,
+        agents: &agents,
+        now: node.now(),
+        now_unix_ms: unix_ms(),
+        not_before: soft.not_before,
+    };
+    match engine::check_operator_failover(&inputs, &op.to) {
+        Ok(_) => Some((
+            op.to.clone(),
+            applied.state.verdict.active_site.clone(),
+            Cause::Operator,
+            Actor::Operator(op.operator.clone()),
+            op.reason.clone(),
+        )),
+        Err(why) => {
+            let _ = op.result.send(Some(Err(why)));
+            soft.operator = None;
+            None
+        }
+    }
+}
+
+/// The observations behind a decision: every voter's latest one.
+fn counted_observations(
+    state: &WitnessState,
+    tallies: &[crate::state::SiteTally],
+) -> Vec<Observation> {
+    let mut ids: BTreeSet<NodeId> = BTreeSet::new();
+    for t in tallies {
+        ids.extend(t.down.iter().chain(&t.up).chain(&t.consul_veto));
+    }
+    ids.iter()
+        .filter_map(|w| state.observations.get(w).cloned())
+        .collect()
+}
+
+/// On the leader: end a freeze whose expiry has passed on this leader's clock.
+async fn expire_freeze(node: &Arc<Node>, state: &WitnessState, now: Mono) -> Result<(), NodeError> {
+    let Some(freeze) = state.freeze.as_ref() else {
+        return Ok(());
+    };
+    let Some(after) = freeze.expires_after_ms else {
+        return Ok(());
+    };
+    let armed = {
+        let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+        match soft.freeze_armed {
+            Some((index, at)) if index == freeze.log_index => at,
+            _ => {
+                soft.freeze_armed = Some((freeze.log_index, now));
+                now
+            }
+        }
+    };
+    if now < armed + Duration::from_millis(after) {
+        return Ok(());
+    }
+    let req = Request::Unfreeze {
+        freeze_index: freeze.log_index,
+        reason: format!(
+            "freeze expired after {}",
+            humantime::format_duration(Duration::from_millis(after))
+        ),
+        by: Actor::Auto,
+        at_unix_ms: unix_ms(),
+    };
+    let resp = node
+        .raft
+        .client_write(req)
+        .await
+        .map_err(|e| NodeError::Unavailable(format!("commit unfreeze: {e}")))?;
+    if let Response::ModeSet { .. } = resp.data {
+        tracing::info!("freeze expired; back to automatic mode");
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Witness: a consensus-based datacenter witness for Carbonio mail HA.
+//!
+//! Three (or five) witnesses form one Raft group that agrees which site is
+//! active. See `DESIGN.md` for the safety protocol; each module's doc says
+//! what it owns and which invariant it keeps.
+
+pub mod cli;
+pub mod config;
+pub mod driver;
+pub mod engine;
+pub mod node;
+pub mod probe;
+pub mod raft;
+pub mod server;
+pub mod sim;
+pub mod state;

@@ -1,0 +1,167 @@
+//! The network faces of a witness: one gRPC port (`Raft`, `Admin`, standard
+//! health and reflection) and one HTTP port (`/healthz`, `/readyz`).
+
+pub mod admin;
+pub mod http;
+pub mod raft_service;
+pub mod witness_service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use witness_proto::admin_server::AdminServer;
+use witness_proto::raft_server::RaftServer;
+
+use crate::node::Node;
+use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
+use crate::raft::types::NodeId;
+
+/// Metadata key marking a request a follower forwarded to the leader.
+pub const FORWARDED_HEADER: &str = "x-witness-forwarded";
+
+/// How long a forwarded call may take before the follower gives up and says
+/// so. Membership changes and operator failovers wait for a learner to catch
+/// up or for the lease wait, so this is generous.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn no_leader() -> tonic::Status {
+    tonic::Status::unavailable(
+        "no leader: the cluster has no quorum right now; check that a majority of voters run and \
+         reach each other (`witnessctl status --local` on each node)",
+    )
+}
+
+/// Run `call` on the leader when this node is not the leader; `None` means
+/// "handle it here". A forwarded request is marked and never forwarded
+/// again, so two nodes that disagree about the leader cannot bounce it.
+pub(crate) async fn forward<T, R, C, F, Fut>(
+    node: &Node,
+    request: &tonic::Request<T>,
+    client: fn(tonic::transport::Channel) -> C,
+    call: F,
+) -> Option<Result<tonic::Response<R>, tonic::Status>>
+where
+    T: Clone,
+    F: FnOnce(C, tonic::Request<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    if node.is_leader() {
+        return None;
+    }
+    if request.metadata().contains_key(FORWARDED_HEADER) {
+        return Some(Err(tonic::Status::unavailable(format!(
+            "node {} is not the leader{}; retry",
+            node.config.node.id,
+            node.leader()
+                .map(|l| format!(" (it believes node {l} is)"))
+                .unwrap_or_default()
+        ))));
+    }
+    let leader: NodeId = match node.leader() {
+        Some(l) => l,
+        None => return Some(Err(no_leader())),
+    };
+    let Some(member) = node.identity.member(leader) else {
+        return Some(Err(tonic::Status::unavailable(format!(
+            "leader {leader} is not in this node's membership view"
+        ))));
+    };
+    let channel = match node.net.channel(&member.addr) {
+        Ok(c) => c,
+        Err(e) => return Some(Err(tonic::Status::internal(e))),
+    };
+    let mut fwd = tonic::Request::new(request.get_ref().clone());
+    fwd.metadata_mut().insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    Some(
+        match tokio::time::timeout(FORWARD_TIMEOUT, call(client(channel), fwd)).await {
+            Ok(res) => res,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "forwarding to leader {leader} timed out after {FORWARD_TIMEOUT:?}"
+            ))),
+        },
+    )
+}
+
+/// Largest Admin message accepted (policy files, status replies).
+const MAX_ADMIN_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// How often the gRPC health status follows the node's readiness.
+const HEALTH_POLL: Duration = Duration::from_millis(500);
+
+/// Serve gRPC and HTTP until `stop` turns true.
+pub async fn serve(
+    node: Arc<Node>,
+    grpc: TcpListener,
+    http: TcpListener,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(witness_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the gRPC reflection service")?;
+    {
+        // The standard health service reports SERVING for "" and
+        // "witness.v1.Admin" while the node is ready, so load balancers and
+        // grpcurl/grpc_health_probe see the same readiness as /readyz.
+        let node = node.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let serving = node.readiness().is_ok();
+                for svc in ["", "witness.v1.Admin"] {
+                    let status = if serving {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    health_reporter.set_service_status(svc, status).await;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(HEALTH_POLL) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+    let raft_svc = RaftServer::new(raft_service::RaftService::new(
+        node.raft.clone(),
+        node.identity.clone(),
+    ))
+    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let admin_svc = AdminServer::new(admin::AdminService::new(node.clone()))
+        .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES);
+    let witness_svc = witness_proto::witness_server::WitnessServer::new(
+        witness_service::WitnessService::new(node.clone()),
+    );
+    let mut grpc_stop = stop.clone();
+    let grpc_fut = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(raft_svc)
+        .add_service(admin_svc)
+        .add_service(witness_svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        });
+    let mut http_stop = stop.clone();
+    let http_fut = axum::serve(http, http::router(node.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
+        .into_future();
+    let (g, h) = tokio::join!(grpc_fut, http_fut);
+    g.context("gRPC server")?;
+    h.context("HTTP server")?;
+    Ok(())
+}

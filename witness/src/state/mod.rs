@@ -1,0 +1,637 @@
+//! The replicated state machine: what every witness agrees on.
+//!
+//! This module owns the data that lives in the Raft log and its pure `apply`
+//! function: the cluster policy, the **verdict** (`active_site`, `epoch`,
+//! `mode`), every witness's latest observation of every site, the freeze,
+//! and the history of decisions. Every witness applies the same committed
+//! entries in the same order and must end in the same state, so `apply`
+//! reads no clock, no environment and no randomness: anything time-like
+//! arrives inside the [`Request`] (stamped by the proposer, for people) or is
+//! the entry's log index.
+//!
+//! Invariants kept here, whatever is proposed:
+//! - **One site per epoch.** `Activate` is a compare-and-set on
+//!   `(epoch, mode, active_site)` and must carry `epoch + 1`: a second
+//!   proposal made from the same (now stale) state is rejected, so an epoch
+//!   can never name two sites, and epochs only grow.
+//! - **Frozen means no automatic change.** An automatic `Activate` is
+//!   rejected while frozen, even if it was proposed before the freeze
+//!   committed; operator activations carry their own reason.
+//! - **An expiry cannot end a newer freeze.** `Unfreeze` names the freeze it
+//!   ends.
+//!
+//! It does not decide anything: proposals come from the engine (through the
+//! leader's driver) and from operators through the Admin service; this
+//! module only checks that a proposal still fits the state it was made from,
+//! and records it with its evidence.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Policy;
+use crate::probe::{ConsulView, SiteView};
+use crate::raft::types::NodeId;
+
+/// The fencing token: increases by one every time the active site changes.
+pub type Epoch = u64;
+
+/// Who asked for a change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Actor {
+    /// `witness init` on the bootstrapping node.
+    Bootstrap,
+    /// An operator, through `witnessctl`, with their stated identity.
+    Operator(String),
+    /// The leader's decision engine.
+    Auto,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Bootstrap => f.write_str("bootstrap"),
+            Actor::Operator(who) => write!(f, "operator {who}"),
+            Actor::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// Whether the witness may change the active site by itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Automatic failover (and failback, if the policy allows it).
+    #[default]
+    Auto,
+    /// Operator maintenance: no automatic change. Leases are still granted
+    /// and operator failovers still work.
+    Frozen,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Auto => "auto",
+            Mode::Frozen => "frozen",
+        })
+    }
+}
+
+/// The committed answer to "which site is active".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// `None` until the first activation.
+    pub active_site: Option<String>,
+    pub epoch: Epoch,
+    pub mode: Mode,
+}
+
+/// Why a site was activated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The first activation of the policy's initially active site, once a
+    /// majority of witnesses saw it up.
+    Initial,
+    /// The active site was declared dead by a detection quorum.
+    SiteDown,
+    /// Automatic return to the home site after `failback_after` of health.
+    Failback,
+    /// `witnessctl failover`.
+    Operator,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Cause::Initial => "initial activation",
+            Cause::SiteDown => "site down",
+            Cause::Failback => "failback",
+            Cause::Operator => "operator failover",
+        })
+    }
+}
+
+/// An operator's freeze.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    pub reason: String,
+    pub by: Actor,
+    /// Ends by itself this long after the current leader learnt of it,
+    /// measured on the leader's monotonic clock (re-armed by each new leader).
+    pub expires_after_ms: Option<u64>,
+    /// Log index of the entry that froze; `Unfreeze` names it.
+    pub log_index: u64,
+    pub at_unix_ms: u64,
+}
+
+/// One witness's latest committed view of every site.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub witness: NodeId,
+    pub sites: BTreeMap<String, SiteView>,
+    pub consul: ConsulView,
+    /// The witness's wall clock when it made the observation (for people).
+    pub at_unix_ms: u64,
+    /// Log index of the entry that recorded it (freshness is judged by each
+    /// node from when it applied this index, never from wall clocks).
+    pub log_index: u64,
+}
+
+/// What an activation was decided on, recorded in history.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The observations the decision counted, one per witness.
+    pub observations: Vec<Observation>,
+    /// Per site: which witnesses saw it down, up, vetoed by Consul, unknown.
+    pub assessment: Vec<SiteTally>,
+    /// Agents heard from (lease renewals) and what they reported.
+    pub agents: Vec<AgentReport>,
+    /// The lease wait that was observed before activating, in ms.
+    pub lease_wait_ms: u64,
+    /// How long the leader actually waited since draining the old site.
+    pub waited_ms: u64,
+    /// Time from the later of the leader's election and its last grant to
+    /// the old site, to the proposal: at least `lease_wait_ms` whenever an
+    /// old site was active (every lease it held was over).
+    pub since_last_lease_ms: u64,
+    /// The Consul mode in force.
+    pub consul_mode: String,
+}
+
+/// How the witnesses see one site, counted by the engine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteTally {
+    pub site: String,
+    pub down: Vec<NodeId>,
+    pub up: Vec<NodeId>,
+    /// Probes say down but Consul vetoes it (corroborate/require).
+    pub consul_veto: Vec<NodeId>,
+    /// No fresh observation, or the probes cannot tell.
+    pub unknown: Vec<NodeId>,
+    /// Voters needed for a quorum.
+    pub quorum: usize,
+}
+
+/// What an agent said in its last lease renewal (soft state of the leader,
+/// copied into evidence).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentReport {
+    pub agent: String,
+    pub site: String,
+    pub role: String,
+    pub state: String,
+    pub service_healthy: bool,
+    /// How long ago the leader heard it, in ms, when the report was taken.
+    pub age_ms: u64,
+}
+
+/// A command carried in the Raft log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Replace the cluster policy. `expected_version` makes it a
+    /// compare-and-set: the change applies only if the committed policy is
+    /// still the one the proposer validated against (`0` = no policy yet).
+    SetPolicy {
+        policy: Box<Policy>,
+        expected_version: u64,
+        by: Actor,
+        reason: String,
+        /// Proposer's wall clock, milliseconds since the Unix epoch; shown in
+        /// history, never used for a decision.
+        at_unix_ms: u64,
+    },
+    /// A witness's current view of every site.
+    Observe {
+        witness: NodeId,
+        sites: BTreeMap<String, SiteView>,
+        consul: ConsulView,
+        at_unix_ms: u64,
+    },
+    /// Make `site` active at `epoch`, if the verdict is still `expected`.
+    Activate {
+        site: String,
+        epoch: Epoch,
+        expected: Verdict,
+        cause: Cause,
+        by: Actor,
+        reason: String,
+        evidence: Box<Evidence>,
+        at_unix_ms: u64,
+    },
+    /// Stop automatic changes.
+    Freeze {
+        reason: String,
+        by: Actor,
+        expires_after_ms: Option<u64>,
+        at_unix_ms: u64,
+    },
+    /// End the freeze recorded at `freeze_index` (an expiry names the freeze
+    /// it armed, so it can never end a newer one).
+    Unfreeze {
+        freeze_index: u64,
+        reason: String,
+        by: Actor,
+        at_unix_ms: u64,
+    },
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::SetPolicy {
+                expected_version,
+                by,
+                ..
+            } => {
+                write!(f, "SetPolicy(expected v{expected_version}, by {by})")
+            }
+            Request::Observe { witness, .. } => write!(f, "Observe(witness {witness})"),
+            Request::Activate {
+                site,
+                epoch,
+                cause,
+                by,
+                ..
+            } => {
+                write!(f, "Activate({site}, epoch {epoch}, {cause}, by {by})")
+            }
+            Request::Freeze { by, .. } => write!(f, "Freeze(by {by})"),
+            Request::Unfreeze {
+                freeze_index, by, ..
+            } => {
+                write!(f, "Unfreeze(freeze {freeze_index}, by {by})")
+            }
+        }
+    }
+}
+
+/// The result of applying one [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Applied; the policy version now committed.
+    PolicySet { version: u64 },
+    /// Observation recorded.
+    Observed,
+    /// The site is active at this epoch.
+    Activated { site: String, epoch: Epoch },
+    /// The mode changed.
+    ModeSet { mode: Mode },
+    /// Not applied, and why (the state did not match the proposal).
+    Rejected(String),
+    /// A Raft-internal entry (blank or membership): nothing to report.
+    Internal,
+}
+
+/// One committed decision, kept for `witnessctl history`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// Raft log index of the entry that made it.
+    pub log_index: u64,
+    pub at_unix_ms: u64,
+    pub by: Actor,
+    pub reason: String,
+    pub event: HistoryEvent,
+}
+
+/// What changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryEvent {
+    PolicySet {
+        version: u64,
+    },
+    Activated {
+        epoch: Epoch,
+        from: Option<String>,
+        to: String,
+        cause: Cause,
+        evidence: Box<Evidence>,
+    },
+    Frozen {
+        expires_after_ms: Option<u64>,
+    },
+    Unfrozen {
+        freeze_index: u64,
+    },
+}
+
+impl fmt::Display for HistoryEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HistoryEvent::PolicySet { version } => write!(f, "policy set (version {version})"),
+            HistoryEvent::Activated {
+                epoch,
+                from,
+                to,
+                cause,
+                ..
+            } => write!(
+                f,
+                "activated {to} at epoch {epoch} ({cause}{})",
+                from.as_ref()
+                    .map(|s| format!(", was {s}"))
+                    .unwrap_or_default()
+            ),
+            HistoryEvent::Frozen {
+                expires_after_ms: Some(ms),
+            } => {
+                write!(
+                    f,
+                    "frozen (expires after {})",
+                    humantime::format_duration(std::time::Duration::from_millis(*ms))
+                )
+            }
+            HistoryEvent::Frozen {
+                expires_after_ms: None,
+            } => f.write_str("frozen"),
+            HistoryEvent::Unfrozen { .. } => f.write_str("unfrozen"),
+        }
+    }
+}
+
+/// How many history records the state keeps; older ones are dropped first.
+/// Bounded so snapshots stay small; operators export older history from logs.
+pub const HISTORY_CAPACITY: usize = 10_000;
+
+/// Everything the witnesses agree on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WitnessState {
+    /// The committed cluster policy; `None` until the bootstrap entry commits.
+    pub policy: Option<Policy>,
+    /// Bumped by every applied `SetPolicy`.
+    pub policy_version: u64,
+    /// Which site is active, at which epoch, in which mode.
+    pub verdict: Verdict,
+    /// The freeze in force, when `verdict.mode` is frozen.
+    pub freeze: Option<Freeze>,
+    /// Each witness's latest observation.
+    pub observations: BTreeMap<NodeId, Observation>,
+    /// The last activation (for anti-flap and failback).
+    pub last_activation: Option<Activation>,
+    /// Recent committed decisions, oldest first.
+    pub history: Vec<HistoryRecord>,
+}
+
+/// The last activation, kept outside the bounded history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activation {
+    pub site: String,
+    pub epoch: Epoch,
+    pub cause: Cause,
+    pub log_index: u64,
+    pub at_unix_ms: u64,
+}
+
+impl WitnessState {
+    /// Apply one committed request at `log_index`. Deterministic.
+    pub fn apply(&mut self, log_index: u64, request: &Request) -> Response {
+        match request {
+            Request::SetPolicy {
+                policy,
+                expected_version,
+                by,
+                reason,
+                at_unix_ms,
+            } => {
+                if *expected_version != self.policy_version {
+                    return Response::Rejected(format!(
+                        "policy changed meanwhile: expected version {expected_version}, \
+                         committed version is {}; run `witnessctl policy show` and apply again",
+                        self.policy_version
+                    ));
+                }
+                self.policy = Some((**policy).clone());
+                self.policy_version += 1;
+                let version = self.policy_version;
+                self.record(
+                    log_index,
+                    *at_unix_ms,
+                    by,
+                    reason,
+                    HistoryEvent::PolicySet { version },
+                );
+                Response::PolicySet { version }
+            }
+            Request::Observe {
+                witness,
+                sites,
+                consul,
+                at_unix_ms,
+            } => {
+                self.observations.insert(
+                    *witness,
+                    Observation {
+                        witness: *witness,
+                        sites: sites.clone(),
+                        consul: consul.clone(),
+                        at_unix_ms: *at_unix_ms,
+                        log_index,
+                    },
+                );
+                Response::Observed
+            }
+            Request::Activate {
+                site,
+                epoch,
+                expected,
+                cause,
+                by,
+                reason,
+                evidence,
+                at_unix_ms,
+            } => {
+                if let Err(why) = self.check_activate(site, *epoch, expected, *cause, by) {
+                    return Response::Rejected(why);
+                }
+                let from = self.verdict.active_site.replace(site.clone());
+                self.verdict.epoch = *epoch;
+                self.last_activation = Some(Activation {
+                    site: site.clone(),
+                    epoch: *epoch,
+                    cause: *cause,
+                    log_index,
+                    at_unix_ms: *at_unix_ms,
+                });
+                let event = HistoryEvent::Activated {
+                    epoch: *epoch,
+                    from,
+                    to: site.clone(),
+                    cause: *cause,
+                    evidence: evidence.clone(),
+                };
+                self.record(log_index, *at_unix_ms, by, reason, event);
+                Response::Activated {
+                    site: site.clone(),
+                    epoch: *epoch,
+                }
+            }
+            Request::Freeze {
+                reason,
+                by,
+                expires_after_ms,
+                at_unix_ms,
+            } => {
+                // A freeze while frozen replaces the old one (new reason, new
+                // expiry); the old one's expiry can no longer end it.
+                self.verdict.mode = Mode::Frozen;
+                self.freeze = Some(Freeze {
+                    reason: reason.clone(),
+                    by: by.clone(),
+                    expires_after_ms: *expires_after_ms,
+                    log_index,
+                    at_unix_ms: *at_unix_ms,
+                });
+                let event = HistoryEvent::Frozen {
+                    expires_after_ms: *expires_after_ms,
+                };
+                self.record(log_index, *at_unix_ms, by, reason, event);
+                Response::ModeSet { mode: Mode::Frozen }
+            }
+            Request::Unfreeze {
+                freeze_index,
+                reason,
+                by,
+                at_unix_ms,
+            } => {
+                match &self.freeze {
+                    Some(f) if f.log_index == *freeze_index => {}
+                    Some(f) => {
+                        return Response::Rejected(format!(
+                            "the freeze in force was made at index {}, not {freeze_index}",
+                            f.log_index
+                        ));
+                    }
+                    None => return Response::Rejected("not frozen".into()),
+                }
+                self.verdict.mode = Mode::Auto;
+                self.freeze = None;
+                let event = HistoryEvent::Unfrozen {
+                    freeze_index: *freeze_index,
+                };
+                self.record(log_index, *at_unix_ms, by, reason, event);
+                Response::ModeSet { mode: Mode::Auto }
+            }
+        }
+    }
+
+    fn check_activate(
+        &self,
+        site: &str,
+        epoch: Epoch,
+        expected: &Verdict,
+        cause: Cause,
+        by: &Actor,
+    ) -> Result<(), String> {
+        if *expected != self.verdict {
+            return Err(format!(
+                "stale proposal: made from epoch {} / {} / {}, but the committed verdict is epoch \
+                 {} / {} / {}",
+                expected.epoch,
+                expected.active_site.as_deref().unwrap_or("none"),
+                expected.mode,
+                self.verdict.epoch,
+                self.verdict.active_site.as_deref().unwrap_or("none"),
+                self.verdict.mode
+            ));
+        }
+        if epoch != self.verdict.epoch + 1 {
+            return Err(format!("epoch {epoch} is not {} + 1", self.verdict.epoch));
+        }
+        if self.verdict.active_site.as_deref() == Some(site) {
+            return Err(format!("{site} is already active"));
+        }
+        let known = self
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.sites.iter().any(|s| s.name == site));
+        if !known {
+            return Err(format!("{site} is not a site of the committed policy"));
+        }
+        if cause == Cause::Operator && !matches!(by, Actor::Operator(_)) {
+            return Err("an operator activation must name its operator".into());
+        }
+        if self.verdict.mode == Mode::Frozen && cause != Cause::Operator {
+            return Err("frozen: no automatic activation".into());
+        }
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        log_index: u64,
+        at_unix_ms: u64,
+        by: &Actor,
+        reason: &str,
+        event: HistoryEvent,
+    ) {
+        if self.history.len() >= HISTORY_CAPACITY {
+            let excess = self.history.len() + 1 - HISTORY_CAPACITY;
+            self.history.drain(..excess);
+        }
+        self.history.push(HistoryRecord {
+            log_index,
+            at_unix_ms,
+            by: by.clone(),
+            reason: reason.to_string(),
+            event,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(expected: u64) -> Request {
+        Request::SetPolicy {
+            policy: Box::default(),
+            expected_version: expected,
+            by: Actor::Bootstrap,
+            reason: "test".into(),
+            at_unix_ms: 1,
+        }
+    }
+
+    /// A policy change made from a stale version is refused and changes nothing.
+    #[test]
+    fn set_policy_is_compare_and_set() {
+        let mut s = WitnessState::default();
+        assert_eq!(s.apply(1, &set(0)), Response::PolicySet { version: 1 });
+        let before = s.clone();
+        assert!(matches!(s.apply(2, &set(0)), Response::Rejected(_)));
+        assert_eq!(s, before);
+        assert_eq!(s.apply(3, &set(1)), Response::PolicySet { version: 2 });
+        assert_eq!(s.history.len(), 2);
+    }
+
+    /// An expiry's unfreeze names its freeze and cannot end a newer one.
+    #[test]
+    fn unfreeze_ends_only_the_named_freeze() {
+        let mut s = WitnessState::default();
+        let freeze = Request::Freeze {
+            reason: "maint".into(),
+            by: Actor::Operator("o".into()),
+            expires_after_ms: Some(1000),
+            at_unix_ms: 0,
+        };
+        s.apply(5, &freeze);
+        s.apply(7, &freeze);
+        assert_eq!(s.verdict.mode, Mode::Frozen);
+        let unfreeze = |idx| Request::Unfreeze {
+            freeze_index: idx,
+            reason: "expired".into(),
+            by: Actor::Auto,
+            at_unix_ms: 0,
+        };
+        assert!(matches!(s.apply(8, &unfreeze(5)), Response::Rejected(_)));
+        assert_eq!(s.verdict.mode, Mode::Frozen);
+        assert_eq!(
+            s.apply(9, &unfreeze(7)),
+            Response::ModeSet { mode: Mode::Auto }
+        );
+        assert!(matches!(s.apply(10, &unfreeze(7)), Response::Rejected(_)));
+    }
+}
