@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod admin;
+pub mod lease;
+pub mod netcluster;
+
 /// Raft timers for tests: the production defaults. Tests wait on protocol
 /// bounds derived from these, never on wall-clock performance.
 pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1500);
@@ -230,7 +234,7 @@ impl Cluster {
             .arg("run")
             .arg("--config")
             .arg(self.config_path(id))
-            .env("WITNESS_LOG", "info,openraft=warn")
+            .env("WITNESS_LOG", "info,openraft=error")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -470,17 +474,7 @@ impl FakeService {
     pub fn start_on(port: u16) -> FakeService {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind fake service");
         let port = listener.local_addr().expect("addr").port();
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => drop(conn),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
+        let (stop, thread) = accept_until_stopped(listener);
         FakeService {
             port,
             stop,
@@ -507,6 +501,28 @@ impl Drop for FakeService {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Accept and drop connections on `listener` on a thread of its own until
+/// the returned flag is set; the listener closes when the thread ends.
+pub fn accept_until_stopped(
+    listener: TcpListener,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => drop(conn),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    (stop, thread)
 }
 
 /// Two sites, each a mailstore and a proxy service on loopback.
@@ -603,4 +619,76 @@ impl Cluster {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// One probe target of a test policy.
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    pub name: String,
+    pub role: String,
+    /// `host:port` of a TCP target.
+    pub address: String,
+    /// `(consul_service, consul_node)` naming the Consul service instance
+    /// that corroborates it.
+    pub consul: Option<(String, String)>,
+}
+
+/// One site of a test policy.
+#[derive(Clone, Debug)]
+pub struct SiteSpec {
+    pub name: String,
+    pub active: bool,
+    pub targets: Vec<TargetSpec>,
+}
+
+/// A cluster policy with the default lease and probe timers, Consul `mode`,
+/// `extra` TOML (e.g. a `[failover]` table) and `sites` with TCP targets.
+pub fn site_policy(consul_mode: &str, extra: &str, sites: &[SiteSpec]) -> String {
+    let mut s = format!(
+        "[lease]\nrenew_interval = \"500ms\"\nlease_ttl = \"3s\"\nmargin = \"1s\"\n\
+         [consul]\nmode = \"{consul_mode}\"\n"
+    );
+    s.push_str(extra);
+    for site in sites {
+        s.push_str(&format!(
+            "\n[[site]]\nname = \"{}\"\nactive = {}\n",
+            site.name, site.active
+        ));
+        for t in &site.targets {
+            s.push_str(&format!(
+                "[[site.target]]\nname = \"{}\"\nrole = \"{}\"\nkind = \"tcp\"\naddress = \"{}\"\n",
+                t.name, t.role, t.address
+            ));
+            if let Some((service, node)) = &t.consul {
+                s.push_str(&format!(
+                    "consul_service = \"{service}\"\nconsul_node = \"{node}\"\n"
+                ));
+            }
+        }
+    }
+    s
+}
+
+/// The worst-case failover time `witness check-config` prints for `policy`
+/// (with the default Raft timers): election + detection + lease wait +
+/// commits + first directive. Scenario tests hold their "no failover"
+/// windows for a multiple of it, so the windows follow the timers.
+pub fn worst_case_failover(policy: &str) -> Duration {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("cluster.toml");
+    fs::write(&file, policy).expect("write policy");
+    let out = Command::new(witness_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run witness check-config");
+    assert!(out.status.success(), "check-config: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("worst-case failover ≈"))
+        .map(|(_, rest)| rest.split(',').next().unwrap_or(rest).trim().to_string())
+        .unwrap_or_else(|| panic!("no worst-case failover line in:\n{stdout}"));
+    humantime::parse_duration(&line)
+        .unwrap_or_else(|e| panic!("unparsable worst-case failover {line:?}: {e}"))
 }

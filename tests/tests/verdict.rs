@@ -167,3 +167,106 @@ fn operator_failover_needs_a_live_target() {
     assert!(err.contains("majority"), "says why: {err}");
     assert_eq!(c.status().expect("status")["epoch"], 2);
 }
+
+/// `witness recover --force` on the last survivor: a new cluster
+/// incarnation with the node as the only voter, its state carried over with
+/// the epoch bumped by 2^32, frozen and recorded; the old store is kept
+/// aside; the old majority coming back is refused by the new cluster.
+#[test]
+fn forced_recovery_makes_a_new_incarnation_the_old_majority_cannot_join() {
+    let sites = Sites::start();
+    let mut c = start(&sites, "");
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let before = c.status().expect("status");
+    let old_cluster = before["cluster_id"].as_str().expect("id").to_string();
+    c.kill(2);
+    c.kill(3);
+    assert!(
+        c.terminate(1, Duration::from_secs(20)),
+        "node 1 stops cleanly"
+    );
+
+    let recover = |force: bool| {
+        let mut cmd = std::process::Command::new(witness_bin());
+        cmd.args(["recover", "--config"])
+            .arg(c.config_path(1))
+            .args(["--reason", "dc-b and dc-c lost"]);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().expect("run recover")
+    };
+    let out = recover(false);
+    assert!(
+        !out.status.success(),
+        "refuses without --force: {}",
+        text(&out)
+    );
+    let out = recover(true);
+    assert!(out.status.success(), "recover: {}", text(&out));
+    let moved: Vec<_> = std::fs::read_dir(c.dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("data-1.pre-recovery-")
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "the old store is kept aside");
+
+    c.start(1);
+    let s = wait_until(SETTLE, "node 1 to lead the new incarnation", || {
+        let s = c.local_status(1)?;
+        (s["role"] == "leader" && s["mode"] == "frozen").then_some(s)
+    });
+    assert_ne!(s["cluster_id"], old_cluster.as_str(), "a new cluster id");
+    assert_eq!(s["epoch"], 1 + (1u64 << 32), "epoch bumped by 2^32");
+    assert_eq!(s["active_site"], "dc-a", "state carried over");
+    assert_eq!(
+        s["members"].as_array().map(Vec::len),
+        Some(1),
+        "the only voter"
+    );
+    let last = c.history().pop().expect("history");
+    assert!(
+        last["event"].get("forced_recovery").is_some(),
+        "recorded: {last}"
+    );
+
+    // The old majority returns with its old stores: the new cluster refuses
+    // its traffic and its history never enters the new one.
+    c.start(2);
+    c.start(3);
+    std::thread::sleep(ELECTION_TIMEOUT_MAX * 4);
+    let s = c.local_status(1).expect("node 1");
+    assert_eq!(s["epoch"], 1 + (1u64 << 32));
+    assert_eq!(s["members"].as_array().map(Vec::len), Some(1));
+    assert_eq!(s["role"], "leader");
+    let told = |id| c.log(id).contains("reached a node of cluster");
+    assert!(
+        told(2) || told(3),
+        "the old nodes are told they reach another cluster:\n{}\n{}",
+        c.log(2),
+        c.log(3)
+    );
+}
+
+/// With `preferred_leader = "dc-c"`, leadership moves to the third site's
+/// witness once it is healthy and caught up, and comes back to it after it
+/// restarts.
+#[test]
+fn leadership_moves_to_the_preferred_site() {
+    let sites = Sites::start();
+    let mut c = start(&sites, "[failover]\npreferred_leader = \"dc-c\"\n");
+    wait_until(SETTLE, "node 3 (dc-c) to lead", || {
+        (c.wait_for_leader(&[1, 2, 3], SETTLE) == 3).then_some(())
+    });
+    c.kill(3);
+    let other = c.wait_for_leader(&[1, 2], SETTLE);
+    assert_ne!(other, 3);
+    c.start(3);
+    wait_until(SETTLE, "node 3 to lead again", || {
+        (c.wait_for_leader(&[1, 2, 3], SETTLE) == 3).then_some(())
+    });
+}

@@ -75,6 +75,47 @@ pub fn init(config: &Path, policy: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `witness recover --force --config FILE --reason "…"`.
+pub fn recover(config: &Path, force: bool, reason: &str) -> anyhow::Result<()> {
+    if !force {
+        anyhow::bail!(
+            "refusing without --force. A forced recovery makes this node the only voter of a NEW \
+             cluster incarnation; use it only when a majority of witnesses is lost for good. \
+             Stop this node first, then run: witness recover --force --config {} --reason \"…\"",
+            config.display()
+        );
+    }
+    let node = NodeConfig::load(config)?;
+    let operator = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let r = runtime.block_on(crate::node::recover(&node, &operator, reason))?;
+    eprintln!(
+        "FORCED RECOVERY prepared for node {} ({}).",
+        node.node.id, node.node.name
+    );
+    eprintln!("  old store moved to:   {}", r.moved_to.display());
+    eprintln!("  old cluster id:       {}", r.previous_cluster_id);
+    eprintln!("  new cluster id:       {}", r.new_cluster_id);
+    eprintln!("  state as of index:    {}", r.applied_index);
+    eprintln!(
+        "  epoch:                {} -> {}",
+        r.epoch_before, r.epoch_after
+    );
+    eprintln!();
+    eprintln!(
+        "Start it with `witness run --config {}`. It comes up FROZEN as the only voter.",
+        config.display()
+    );
+    eprintln!("Wipe the data dirs of the other witnesses before they return, add them with");
+    eprintln!("`witnessctl members add`, then `witnessctl unfreeze --reason …`.");
+    Ok(())
+}
+
 /// `witness run --config FILE`: serve until SIGTERM or Ctrl-C.
 pub fn run(config: &Path) -> anyhow::Result<()> {
     let node = NodeConfig::load(config)?;

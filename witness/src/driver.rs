@@ -80,9 +80,35 @@ pub struct Soft {
     pub last_decision: Option<Decision>,
     pub operator: Option<OperatorFailover>,
     pub last_mode: Option<Mode>,
+    /// When this node last handed leadership to the preferred site.
+    pub last_transfer_at: Option<Mono>,
 }
 
 impl Soft {
+    /// Note when this node first saw each witness's latest observation, and
+    /// when the mode went back to auto. Called by the tracker on every state
+    /// change *and* by every reader before it decides, so a reader never
+    /// sees an observation the tracker has not stamped yet (it would read as
+    /// stale and abort a failover for nothing).
+    pub fn note(&mut self, state: &WitnessState, now: Mono) {
+        let startup = self.startup_last_log;
+        for (w, obs) in &state.observations {
+            let known = self
+                .applied_at
+                .get(w)
+                .is_some_and(|(i, _)| *i >= obs.log_index);
+            if !known && obs.log_index > startup {
+                self.applied_at.insert(*w, (obs.log_index, now));
+            }
+        }
+        let mode = state.verdict.mode;
+        if self.last_mode == Some(Mode::Frozen) && mode == Mode::Auto {
+            // Observations must be newer than the end of the freeze.
+            self.not_before = now;
+        }
+        self.last_mode = Some(mode);
+    }
+
     /// Start a new book if Raft moved to a new term since the last one.
     /// `now` may be later than the actual election: the wait then only
     /// grows, which is the safe direction.
@@ -117,7 +143,8 @@ impl Node {
     pub fn decide_now(&self) -> (Decision, Arc<crate::raft::store::AppliedState>) {
         let applied = self.state.current();
         let voters = self.committed_voters();
-        let soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
+        let mut soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
+        soft.note(&applied.state, self.now());
         let agents: Vec<AgentSeen> = soft.agents.values().cloned().collect();
         let inputs = Inputs {
             state: &applied.state,
@@ -181,23 +208,10 @@ pub async fn track_observations(node: Arc<Node>) {
         {
             let applied = rx.borrow_and_update().clone();
             let now = node.now();
-            let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
-            let startup = soft.startup_last_log;
-            for (w, obs) in &applied.state.observations {
-                let known = soft
-                    .applied_at
-                    .get(w)
-                    .is_some_and(|(i, _)| *i == obs.log_index);
-                if !known && obs.log_index > startup {
-                    soft.applied_at.insert(*w, (obs.log_index, now));
-                }
-            }
-            let mode = applied.state.verdict.mode;
-            if soft.last_mode == Some(Mode::Frozen) && mode == Mode::Auto {
-                // Observations must be newer than the end of the freeze.
-                soft.not_before = now;
-            }
-            soft.last_mode = Some(mode);
+            node.soft
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .note(&applied.state, now);
         }
         if rx.changed().await.is_err() {
             return;
@@ -324,6 +338,7 @@ async fn drive_once(node: &Arc<Node>) -> Result<(), NodeError> {
         .ensure_term(term, now);
 
     expire_freeze(node, &applied.state, now).await?;
+    prefer_leader(node, &policy, &m, now).await;
 
     let (decision, applied) = node.decide_now();
     let operator = node
@@ -469,6 +484,72 @@ async fn drive_once(node: &Arc<Node>) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// How often the leader may try to hand leadership to the preferred site.
+const TRANSFER_EVERY: Duration = Duration::from_secs(10);
+/// A new leader settles this long before handing leadership on.
+const TRANSFER_SETTLE: Duration = Duration::from_secs(2);
+
+/// On the leader: hand leadership to a healthy, caught-up voter of the
+/// policy's `preferred_leader` site, unless a failover is in flight.
+async fn prefer_leader(
+    node: &Arc<Node>,
+    policy: &crate::config::Policy,
+    m: &openraft::RaftMetrics<crate::raft::types::TypeConfig>,
+    now: Mono,
+) {
+    use openraft::Instant as _;
+    let Some(site) = policy.failover.preferred_leader.as_deref() else {
+        return;
+    };
+    if node.config.node.site == site {
+        return;
+    }
+    {
+        let soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+        let busy = soft.pending.is_some() || soft.operator.is_some();
+        let recent = soft
+            .last_transfer_at
+            .is_some_and(|t| now.saturating_sub(t) < TRANSFER_EVERY);
+        let settling = now.saturating_sub(soft.book.term_started()) < TRANSFER_SETTLE;
+        if busy || recent || settling {
+            return;
+        }
+    }
+    let last = m.last_log_index;
+    let alive = node.config.raft.election_timeout_min;
+    let target = m.membership_config.voter_ids().find(|id| {
+        let in_site = m
+            .membership_config
+            .get_node(id)
+            .is_some_and(|n| n.site == site);
+        let acked = m
+            .heartbeat
+            .as_ref()
+            .and_then(|h| h.get(id).cloned().flatten())
+            .is_some_and(|t| t.elapsed() < alive);
+        let caught_up = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(id).cloned().flatten())
+            .map(|l| l.index)
+            == last;
+        in_site && acked && caught_up
+    });
+    let Some(to) = target else { return };
+    node.soft
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .last_transfer_at = Some(now);
+    tracing::info!(
+        to,
+        site,
+        "handing leadership to the preferred site's witness"
+    );
+    if let Err(e) = node.raft.trigger().transfer_leader(to).await {
+        tracing::warn!("leadership transfer to node {to}: {e}");
+    }
+}
+
 /// The operator's request as a decision, or its refusal sent back.
 fn operator_decision(
     node: &Arc<Node>,
@@ -477,6 +558,7 @@ fn operator_decision(
     let applied = node.state.current();
     let voters = node.committed_voters();
     let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+    soft.note(&applied.state, node.now());
     let agents: Vec<AgentSeen> = soft.agents.values().cloned().collect();
     let inputs = Inputs {
         state: &applied.state,
@@ -556,4 +638,70 @@ async fn expire_freeze(node: &Arc<Node>, state: &WitnessState, now: Mono) -> Res
         tracing::info!("freeze expired; back to automatic mode");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::probe::ConsulView;
+
+    fn state_with(obs: &[(NodeId, u64)], mode: Mode) -> WitnessState {
+        let mut s = WitnessState::default();
+        s.verdict.mode = mode;
+        for (w, index) in obs {
+            s.observations.insert(
+                *w,
+                Observation {
+                    witness: *w,
+                    sites: BTreeMap::new(),
+                    consul: ConsulView {
+                        mode: "ignore".into(),
+                        reachable: false,
+                        leader: None,
+                        error: None,
+                        fetched_at_ms: 0,
+                    },
+                    at_unix_ms: 0,
+                    log_index: *index,
+                },
+            );
+        }
+        s
+    }
+
+    /// A reader that notes the state itself sees every new observation as
+    /// applied now, even before the tracker ran; replays from the local log
+    /// at start are never stamped; a second note keeps the first stamp.
+    #[test]
+    fn note_stamps_new_observations_once_and_never_replays() {
+        let mut soft = Soft {
+            startup_last_log: 10,
+            ..Soft::default()
+        };
+        let t = |s| Duration::from_secs(s);
+        soft.note(&state_with(&[(1, 5), (2, 12)], Mode::Auto), t(100));
+        assert_eq!(
+            soft.applied_at.get(&1),
+            None,
+            "replayed at start: not fresh"
+        );
+        assert_eq!(soft.applied_at.get(&2), Some(&(12, t(100))));
+        soft.note(&state_with(&[(1, 5), (2, 12)], Mode::Auto), t(103));
+        assert_eq!(soft.applied_at.get(&2), Some(&(12, t(100))), "stamped once");
+        soft.note(&state_with(&[(1, 14), (2, 12)], Mode::Auto), t(104));
+        assert_eq!(soft.applied_at.get(&1), Some(&(14, t(104))));
+    }
+
+    /// The end of a freeze moves `not_before`, so older observations cannot
+    /// trigger anything.
+    #[test]
+    fn unfreezing_moves_not_before() {
+        let mut soft = Soft::default();
+        soft.note(&state_with(&[], Mode::Frozen), Duration::from_secs(5));
+        assert_eq!(soft.not_before, Duration::ZERO);
+        soft.note(&state_with(&[], Mode::Auto), Duration::from_secs(9));
+        assert_eq!(soft.not_before, Duration::from_secs(9));
+    }
 }

@@ -5,6 +5,7 @@
 //! what it owns and which invariant it keeps.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod engine;

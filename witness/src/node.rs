@@ -22,7 +22,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use openraft::async_runtime::WatchReceiver;
@@ -49,10 +49,7 @@ const HANDOFF_WAIT: Duration = Duration::from_secs(3);
 
 /// Milliseconds since the Unix epoch, for records shown to people.
 pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::unix_ms()
 }
 
 /// What `witness init` did.
@@ -97,6 +94,7 @@ pub fn init(node: &NodeConfig, policy: &Policy) -> anyhow::Result<InitReport> {
         bootstrap: Some(Bootstrap {
             members: members_with_self.clone(),
             policy: policy.clone(),
+            recovered: None,
         }),
     };
     Store::create(&node.node.data_dir, meta)?;
@@ -105,6 +103,127 @@ pub fn init(node: &NodeConfig, policy: &Policy) -> anyhow::Result<InitReport> {
         cluster_id,
         incarnation,
         members: members_with_self,
+    })
+}
+
+/// What `witness recover --force` did.
+#[derive(Debug)]
+pub struct RecoverReport {
+    pub moved_to: PathBuf,
+    pub previous_cluster_id: String,
+    pub new_cluster_id: String,
+    pub epoch_before: u64,
+    pub epoch_after: u64,
+    pub applied_index: u64,
+}
+
+/// `witness recover --force`: offline, on a stopped surviving node when only
+/// a minority of witnesses survives. Moves the old store aside (never
+/// deletes it), and creates a new cluster incarnation — a new cluster id,
+/// this node as the only voter — seeded with the state this node had
+/// committed, its epoch bumped by [`crate::state::RECOVERY_EPOCH_BUMP`] and
+/// frozen. Witnesses of the old cluster are refused by the new one (another
+/// cluster id), and every lease or directive of the old incarnation is stale
+/// against the bumped epoch, so the old majority coming back cannot fork the
+/// history agents act on.
+pub async fn recover(
+    node: &NodeConfig,
+    operator: &str,
+    reason: &str,
+) -> anyhow::Result<RecoverReport> {
+    use openraft::EntryPayload;
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    if reason.trim().is_empty() {
+        bail!("a forced recovery needs --reason; it is recorded in history");
+    }
+    let data_dir = node.node.data_dir.clone();
+    let (recovered, meta) = {
+        let (store, created) =
+            Store::open_or_create_joiner(&data_dir, node.node.id, &node.node.cluster)?;
+        if created {
+            bail!(
+                "{} held no store (an empty one was just created there); nothing to recover from",
+                data_dir.display()
+            );
+        }
+        let meta = store.meta();
+        let mut log = store.log_store();
+        let sm = store.state_machine()?;
+        let applied = sm.reader().current();
+        let mut state = applied.state.clone();
+        let committed = log.read_committed().await?.map(|l| l.index);
+        let from = applied.last_applied.map(|l| l.index + 1).unwrap_or(0);
+        let mut last = applied.last_applied.map(|l| l.index).unwrap_or(0);
+        if let Some(to) = committed.filter(|c| *c >= from) {
+            let mut reader = log.get_log_reader().await;
+            for entry in reader.try_get_log_entries(from..=to).await? {
+                if let EntryPayload::Normal(req) = &entry.payload {
+                    state.apply(entry.log_id.index, req);
+                }
+                last = entry.log_id.index;
+            }
+        }
+        (Some((state, last)), meta)
+    };
+    let (state, applied_index) = recovered.ok_or_else(|| anyhow!("no state"))?;
+    let previous_cluster_id = meta.cluster_id.clone().unwrap_or_default();
+    let stamp = unix_ms();
+    let moved_to = data_dir.with_file_name(format!(
+        "{}.pre-recovery-{stamp}",
+        data_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    ));
+    std::fs::rename(&data_dir, &moved_to).with_context(|| {
+        format!(
+            "moving {} aside to {}",
+            data_dir.display(),
+            moved_to.display()
+        )
+    })?;
+    let me = node.self_peer();
+    let incarnation = Incarnation::random();
+    let members = BTreeMap::from([(
+        node.node.id,
+        WitnessNode {
+            name: me.name.clone(),
+            addr: me.addr.clone(),
+            site: me.site.clone(),
+            incarnation: Some(incarnation.clone()),
+        },
+    )]);
+    let new_cluster_id = format!("{:032x}", rand::random::<u128>());
+    let epoch_before = state.verdict.epoch;
+    let policy = state.policy.clone().unwrap_or_default();
+    let recovery = crate::state::Recovery {
+        state,
+        previous_cluster_id: previous_cluster_id.clone(),
+        by: Actor::Operator(operator.to_string()),
+        reason: reason.to_string(),
+        at_unix_ms: stamp,
+    };
+    let new_meta = StoreMeta {
+        format_version: STORE_FORMAT_VERSION,
+        cluster_name: meta.cluster_name.clone(),
+        cluster_id: Some(new_cluster_id.clone()),
+        node_id: node.node.id,
+        incarnation,
+        created_unix_ms: stamp,
+        bootstrap: Some(Bootstrap {
+            members,
+            policy,
+            recovered: Some(Box::new(recovery)),
+        }),
+    };
+    Store::create(&data_dir, new_meta)?;
+    Ok(RecoverReport {
+        moved_to,
+        previous_cluster_id,
+        new_cluster_id,
+        epoch_before,
+        epoch_after: epoch_before.saturating_add(crate::state::RECOVERY_EPOCH_BUMP),
+        applied_index,
     })
 }
 
@@ -173,13 +292,23 @@ impl Node {
         );
         let log = store.log_store();
         let sm = store.state_machine()?;
-        if let Some(policy) = sm.reader().current().state.policy.as_ref() {
-            config::check_timers(&config.raft, policy)
-                .context("the committed cluster policy does not fit this node's Raft timers")?;
+        let report = if let Some(policy) = sm.reader().current().state.policy.as_ref() {
+            Some(
+                config::check_timers(&config.raft, policy)
+                    .context("the committed cluster policy does not fit this node's Raft timers")?,
+            )
         } else if let Some(b) = &meta.bootstrap {
-            config::check_timers(&config.raft, &b.policy)?;
+            Some(config::check_timers(&config.raft, &b.policy)?)
+        } else {
+            None
+        };
+        if let Some(report) = report {
+            tracing::info!(
+                worst_case_failover = %humantime::format_duration(report.worst_case_failover),
+                "timer check passed (details: `witness check-config`)"
+            );
         }
-        Self::start_with(config, identity, log, sm, Some(store), meta.bootstrap).await
+        Self::start_with(config, identity, log, sm, Some(store), meta.bootstrap, None).await
     }
 
     /// Start over any storage (the simulation and tests use memory stores).
@@ -190,6 +319,7 @@ impl Node {
         sm: crate::raft::store::StateMachineStore,
         store: Option<Arc<Store>>,
         bootstrap: Option<Bootstrap>,
+        dialer: Option<crate::raft::network::Dialer>,
     ) -> anyhow::Result<Arc<Node>> {
         let raft_config = raft_config(&config)?;
         let mut log = log;
@@ -199,7 +329,8 @@ impl Node {
             s.last_log_id.map(|l| l.index).unwrap_or(0)
         };
         let (pin_tx, pin_rx) = mpsc::unbounded_channel();
-        let net = NetContext::new(identity.clone(), pin_tx, config.raft.rpc_timeout);
+        let net =
+            NetContext::with_dialer(identity.clone(), pin_tx, config.raft.rpc_timeout, dialer);
         let state = sm.reader();
         let raft = Raft::new(
             config.node.id,
@@ -243,7 +374,7 @@ impl Node {
                     .map_err(|e| anyhow!("initializing the cluster: {e}"))?;
                 tracing::info!("cluster initialized with its bootstrap membership");
             }
-            tokio::spawn(commit_bootstrap_policy(node.clone(), bootstrap.policy));
+            tokio::spawn(commit_bootstrap(node.clone(), bootstrap));
         }
         tokio::spawn(announce_until_admitted(node.clone()));
         tokio::spawn(crate::driver::track_observations(node.clone()));
@@ -659,8 +790,9 @@ async fn pin_incarnations(node: Arc<Node>, mut rx: mpsc::UnboundedReceiver<PinRe
 }
 
 /// On the bootstrapping node: once leader with the initial membership
-/// committed, commit the policy; then drop the bootstrap record.
-async fn commit_bootstrap_policy(node: Arc<Node>, policy: Policy) {
+/// committed, commit the policy (or, after a forced recovery, the recovered
+/// state); then drop the bootstrap record.
+async fn commit_bootstrap(node: Arc<Node>, bootstrap: Bootstrap) {
     loop {
         if node.state.current().state.policy.is_some() {
             if let Some(store) = &node.store
@@ -671,12 +803,31 @@ async fn commit_bootstrap_policy(node: Arc<Node>, policy: Policy) {
             return;
         }
         if node.is_leader() && node.wait_membership_committed().await.is_ok() {
-            match node
-                .set_policy(policy.clone(), 0, Actor::Bootstrap, "witness init".into())
-                .await
-            {
+            let result = match &bootstrap.recovered {
+                Some(r) => node
+                    .raft
+                    .client_write(Request::Recover(r.clone()))
+                    .await
+                    .map(|_| 0)
+                    .map_err(|e| NodeError::Unavailable(e.to_string())),
+                None => {
+                    node.set_policy(
+                        bootstrap.policy.clone(),
+                        0,
+                        Actor::Bootstrap,
+                        "witness init".into(),
+                    )
+                    .await
+                }
+            };
+            match result {
+                Ok(_) if bootstrap.recovered.is_some() => {
+                    tracing::error!(
+                        "FORCED RECOVERY committed: this node alone is the new cluster incarnation, frozen; add witnesses back with `witnessctl members add`, then `witnessctl unfreeze`"
+                    )
+                }
                 Ok(v) => tracing::info!(version = v, "cluster policy committed"),
-                Err(e) => tracing::debug!("bootstrap policy not committed yet: {e}"),
+                Err(e) => tracing::debug!("bootstrap entry not committed yet: {e}"),
             }
         }
         tokio::time::sleep(BOOTSTRAP_POLL).await;

@@ -43,6 +43,19 @@ enum Command {
         #[arg(long, short)]
         policy: PathBuf,
     },
+    /// Disaster recovery, offline, when only a minority of witnesses survives:
+    /// make this stopped node the only voter of a new cluster incarnation.
+    Recover {
+        /// The node's TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Required: this cannot be undone by the old majority coming back.
+        #[arg(long)]
+        force: bool,
+        /// Why (recorded in history).
+        #[arg(long)]
+        reason: String,
+    },
     /// Validate a node config or a cluster policy file and print the effective config.
     CheckConfig {
         /// A node config (has a [node] table) or a cluster policy file.
@@ -62,6 +75,11 @@ fn main() -> ExitCode {
         }
         Command::Init { config, policy } => witness::cli::init(&config, &policy),
         Command::Run { config } => witness::cli::run(&config),
+        Command::Recover {
+            config,
+            force,
+            reason,
+        } => witness::cli::recover(&config, force, &reason),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,8 +91,10 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    // openraft warns on every failed heartbeat to a down peer; the witness
+    // logs peer refusals itself, once per change. WITNESS_LOG overrides.
     let filter = tracing_subscriber::EnvFilter::try_from_env("WITNESS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

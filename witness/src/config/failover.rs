@@ -50,6 +50,12 @@ pub struct FailoverPolicy {
     /// With `failback = "auto"`: how long the old site must be up first.
     #[serde(with = "humantime_serde")]
     pub failback_after: Duration,
+    /// The site whose witness should lead (usually the witness-only third
+    /// site): the leader hands leadership to a healthy, caught-up voter
+    /// there, so a cut between the two data sites never leaves the leader
+    /// on one side of it. Unset: wherever the election lands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_leader: Option<String>,
 }
 
 impl Default for FailoverPolicy {
@@ -59,6 +65,7 @@ impl Default for FailoverPolicy {
             min_failover_interval: defaults::MIN_FAILOVER_INTERVAL,
             failback: Failback::default(),
             failback_after: defaults::FAILBACK_AFTER,
+            preferred_leader: None,
         }
     }
 }
@@ -107,6 +114,16 @@ impl FailoverPolicy {
             }
         }
         self.check_observation_ttl(probe, sites, problems);
+        if let Some(site) = &self.preferred_leader
+            && let Err(why) = super::check::name(site)
+        {
+            problems.push(Problem::new(
+                "failover.preferred_leader",
+                format!("failover.preferred_leader = {site:?}: {why}"),
+                "name the site (as the witnesses' node.site spells it) whose witness should lead, \
+                 e.g. \"dc-c\"",
+            ));
+        }
     }
 
     /// DESIGN.md §3.8: `observation_ttl ≥ 2 × probe_interval × fail_after`

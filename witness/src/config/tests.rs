@@ -791,7 +791,14 @@ fn local_examples_are_three_loopback_nodes_with_two_playable_sites() {
         "the local policy documents the defaults"
     );
     assert_eq!(policy.probe, defaults.probe);
-    assert_eq!(policy.failover, defaults.failover);
+    assert_eq!(
+        policy.failover,
+        FailoverPolicy {
+            preferred_leader: Some("dc-c".into()),
+            ..defaults.failover
+        },
+        "default failover timers; the witness-only site dc-c leads"
+    );
     assert_eq!(
         policy.consul.mode,
         ConsulMode::Ignore,

@@ -94,6 +94,21 @@ impl Identity {
         to_id: NodeId,
         to_incarnation: &str,
     ) -> Result<(), Refusal> {
+        // Another cluster first: that is the whole story, whatever else differs.
+        if let Some(mine) = self.cluster_id()
+            && !cluster_id.is_empty()
+            && mine != cluster_id
+        {
+            return Err(refuse(
+                refusal::Kind::ClusterMismatch,
+                format!(
+                    "message from cluster {cluster_id} reached a node of cluster {mine}: two \
+                     clusters share addresses (after `witness recover --force`, wipe the old \
+                     cluster's witnesses and add them to the new one); check the peer lists and \
+                     data dirs"
+                ),
+            ));
+        }
         if to_id != self.node_id {
             return Err(refuse(
                 refusal::Kind::WrongNode,

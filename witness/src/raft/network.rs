@@ -59,8 +59,13 @@ pub struct PeerRefusal {
     pub at: Instant,
 }
 
+/// Makes a channel to a peer address. The default dials TCP; the
+/// deterministic simulation substitutes its own network.
+pub type Dialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
+
 /// Shared by every per-peer client.
 pub struct NetContext {
+    dialer: Option<Dialer>,
     identity: Arc<Identity>,
     channels: Mutex<HashMap<String, Channel>>,
     pins: mpsc::UnboundedSender<PinRequest>,
@@ -77,7 +82,18 @@ impl NetContext {
         pins: mpsc::UnboundedSender<PinRequest>,
         rpc_timeout: Duration,
     ) -> Arc<Self> {
+        Self::with_dialer(identity, pins, rpc_timeout, None)
+    }
+
+    /// Like [`NetContext::new`], dialing peers with `dialer` (TCP if `None`).
+    pub fn with_dialer(
+        identity: Arc<Identity>,
+        pins: mpsc::UnboundedSender<PinRequest>,
+        rpc_timeout: Duration,
+        dialer: Option<Dialer>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            dialer,
             identity,
             channels: Mutex::new(HashMap::new()),
             pins,
@@ -91,6 +107,11 @@ impl NetContext {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
+        }
+        if let Some(dial) = &self.dialer {
+            let ch = dial(addr)?;
+            channels.insert(addr.to_string(), ch.clone());
+            return Ok(ch);
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("bad peer address {addr:?}: {e}"))?

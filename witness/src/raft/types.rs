@@ -66,6 +66,9 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = NodeId,
         Node = WitnessNode,
+        // Tokio with a seedable RNG for election timeouts: random from OS
+        // entropy in production, replayable in the simulation.
+        AsyncRuntime = crate::raft::runtime::WitnessRuntime,
 );
 
 /// Snapshot payload: the serialized state machine (a witness's state is tiny,

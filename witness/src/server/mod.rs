@@ -96,13 +96,13 @@ const MAX_ADMIN_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How often the gRPC health status follows the node's readiness.
 const HEALTH_POLL: Duration = Duration::from_millis(500);
 
-/// Serve gRPC and HTTP until `stop` turns true.
-pub async fn serve(
+/// The gRPC services of a witness (Raft, Admin, Witness, health,
+/// reflection), ready to serve on any incoming stream. The health status
+/// follows the node's readiness until `stop` turns true.
+pub fn grpc_router(
     node: Arc<Node>,
-    grpc: TcpListener,
-    http: TcpListener,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<tonic::transport::server::Router> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(witness_proto::FILE_DESCRIPTOR_SET)
@@ -113,7 +113,7 @@ pub async fn serve(
         // "witness.v1.Admin" while the node is ready, so load balancers and
         // grpcurl/grpc_health_probe see the same readiness as /readyz.
         let node = node.clone();
-        let mut stop = stop.clone();
+        let mut stop = stop;
         tokio::spawn(async move {
             loop {
                 let serving = node.readiness().is_ok();
@@ -143,17 +143,29 @@ pub async fn serve(
     let witness_svc = witness_proto::witness_server::WitnessServer::new(
         witness_service::WitnessService::new(node.clone()),
     );
-    let mut grpc_stop = stop.clone();
-    let grpc_fut = Server::builder()
+    Ok(Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(raft_svc)
         .add_service(admin_svc)
-        .add_service(witness_svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+        .add_service(witness_svc))
+}
+
+/// Serve gRPC and HTTP until `stop` turns true.
+pub async fn serve(
+    node: Arc<Node>,
+    grpc: TcpListener,
+    http: TcpListener,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut grpc_stop = stop.clone();
+    let grpc_fut = grpc_router(node.clone(), stop.clone())?.serve_with_incoming_shutdown(
+        TcpListenerStream::new(grpc),
+        async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
-        });
+        },
+    );
     let mut http_stop = stop.clone();
     let http_fut = axum::serve(http, http::router(node.clone()))
         .with_graceful_shutdown(async move {

@@ -236,7 +236,27 @@ pub enum Request {
         by: Actor,
         at_unix_ms: u64,
     },
+    /// Seed a new cluster incarnation made by `witness recover --force` with
+    /// the state the surviving node knew. Applies only to an empty state.
+    Recover(Box<Recovery>),
 }
+
+/// What `witness recover --force` carries into the new cluster incarnation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// The committed state the surviving node had applied.
+    pub state: WitnessState,
+    /// The cluster id it belonged to.
+    pub previous_cluster_id: String,
+    pub by: Actor,
+    pub reason: String,
+    pub at_unix_ms: u64,
+}
+
+/// How far a forced recovery moves the epoch: far beyond anything the old
+/// cluster can still reach, so every lease and directive of the old
+/// incarnation is stale for good.
+pub const RECOVERY_EPOCH_BUMP: Epoch = 1 << 32;
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -263,6 +283,13 @@ impl fmt::Display for Request {
                 freeze_index, by, ..
             } => {
                 write!(f, "Unfreeze(freeze {freeze_index}, by {by})")
+            }
+            Request::Recover(r) => {
+                write!(
+                    f,
+                    "Recover(from cluster {}, by {})",
+                    r.previous_cluster_id, r.by
+                )
             }
         }
     }
@@ -316,6 +343,13 @@ pub enum HistoryEvent {
     Unfrozen {
         freeze_index: u64,
     },
+    /// `witness recover --force` made a new cluster incarnation from this
+    /// node's state.
+    ForcedRecovery {
+        previous_cluster_id: String,
+        epoch_before: Epoch,
+        epoch_after: Epoch,
+    },
 }
 
 impl fmt::Display for HistoryEvent {
@@ -348,6 +382,14 @@ impl fmt::Display for HistoryEvent {
                 expires_after_ms: None,
             } => f.write_str("frozen"),
             HistoryEvent::Unfrozen { .. } => f.write_str("unfrozen"),
+            HistoryEvent::ForcedRecovery {
+                previous_cluster_id,
+                epoch_before,
+                epoch_after,
+            } => write!(
+                f,
+                "FORCED RECOVERY from cluster {previous_cluster_id}: epoch {epoch_before} -> {epoch_after}"
+            ),
         }
     }
 }
@@ -513,6 +555,34 @@ impl WitnessState {
                 };
                 self.record(log_index, *at_unix_ms, by, reason, event);
                 Response::ModeSet { mode: Mode::Auto }
+            }
+            Request::Recover(r) => {
+                if self.policy.is_some() || self.verdict.epoch != 0 {
+                    return Response::Rejected("a recovery seeds only an empty state".into());
+                }
+                let epoch_before = r.state.verdict.epoch;
+                *self = r.state.clone();
+                self.verdict.epoch = epoch_before.saturating_add(RECOVERY_EPOCH_BUMP);
+                // Nothing automatic until an operator has re-added witnesses
+                // and unfreezes: a lone voter is its own majority.
+                self.verdict.mode = Mode::Frozen;
+                self.freeze = Some(Freeze {
+                    reason: "forced recovery: add witnesses back, then unfreeze".into(),
+                    by: r.by.clone(),
+                    expires_after_ms: None,
+                    log_index,
+                    at_unix_ms: r.at_unix_ms,
+                });
+                // Observations of the old incarnation prove nothing now.
+                self.observations.clear();
+                self.last_activation = None;
+                let event = HistoryEvent::ForcedRecovery {
+                    previous_cluster_id: r.previous_cluster_id.clone(),
+                    epoch_before,
+                    epoch_after: self.verdict.epoch,
+                };
+                self.record(log_index, r.at_unix_ms, &r.by, &r.reason, event);
+                Response::ModeSet { mode: Mode::Frozen }
             }
         }
     }

@@ -111,6 +111,10 @@ impl StoreMeta {
 pub struct Bootstrap {
     pub members: BTreeMap<NodeId, WitnessNode>,
     pub policy: crate::config::Policy,
+    /// Set by `witness recover --force`: the state to carry into the new
+    /// cluster incarnation instead of a fresh policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<Box<crate::state::Recovery>>,
 }
 
 /// Why a data dir cannot be used. Every variant names the path and says what
@@ -535,6 +539,35 @@ impl Store {
     pub fn state_machine(&self) -> Result<StateMachineStore, StoreError> {
         StateMachineStore::load(Kv::Disk(Arc::clone(&self.disk)))
             .map_err(|e| StoreError::from_io(self.path(), e))
+    }
+}
+
+/// A store in memory that outlives the processes using it: the simulation's
+/// data dir. A simulated restart builds a new [`LogStore`] and
+/// [`StateMachineStore`] over the same memory and finds its log, vote and
+/// snapshots as a real restart finds its disk (every write is "on stable
+/// storage" as soon as it returns). Cloning shares it.
+#[derive(Clone)]
+pub struct MemoryStore {
+    kv: Kv,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore { kv: Kv::memory() }
+    }
+}
+
+impl MemoryStore {
+    /// The Raft log storage over this memory.
+    pub fn log_store(&self) -> LogStore {
+        LogStore::new(self.kv.clone())
+    }
+
+    /// The state machine over this memory, starting from its latest
+    /// snapshot, as after a restart (openraft re-applies the log after it).
+    pub fn state_machine(&self) -> io::Result<StateMachineStore> {
+        StateMachineStore::load(self.kv.clone())
     }
 }
 

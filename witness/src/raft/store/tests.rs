@@ -61,6 +61,7 @@ fn bootstrap() -> Bootstrap {
     Bootstrap {
         members: [(NODE, node)].into(),
         policy: Policy::default(),
+        recovered: None,
     }
 }
 
