@@ -22,6 +22,7 @@ pub fn status_json(s: &StatusReply) -> Value {
         "ready": s.ready,
         "not_ready_reason": non_empty(&s.not_ready_reason),
         "policy_version": s.policy_version,
+        "leader_since_ms": s.leader_since_ms,
         "note": non_empty(&s.note),
         "members": members_json(&s.members),
         "active_site": non_empty(&s.active_site),
