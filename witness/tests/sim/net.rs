@@ -1,0 +1,167 @@
+//! The witness's network seams, served over turmoil's simulated TCP:
+//! a [`Dialer`] for Raft peers and forwarding, the gRPC server's incoming
+//! connections, gRPC channels for the lease clients, and a probe
+//! [`Transport`] whose TCP connects reach simulated hosts.
+//!
+//! turmoil's TCP never retransmits: a segment dropped by a partition leaves
+//! a gap that stalls the stream for good. A real kernel would retransmit
+//! after the partition heals; here HTTP/2 keep-alive pings notice the stall
+//! and tonic reconnects, which is what a real client does after a long
+//! enough outage anyway.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Uri};
+use witness::probe::{
+    CommandOutput, GrpcHealth, HttpRequest, HttpResponse, Transport, TransportError,
+};
+use witness::raft::network::Dialer;
+
+/// A TCP connect that gets no answer (a partition drops the SYN) gives up
+/// after this long, like the production dialer's connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// HTTP/2 keep-alive: how often an idle or busy connection is pinged, and
+/// how long a ping may go unanswered before the connection is dropped and
+/// redialled (see the module doc).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One accepted or dialled simulated TCP connection, as tonic wants it.
+pub struct Conn(turmoil::net::TcpStream);
+
+impl Connected for Conn {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// The connections a simulated listener accepts, forever. Accept errors are
+/// skipped: a server stops only when its host crashes.
+pub fn incoming(listener: turmoil::net::TcpListener) -> impl Stream<Item = io::Result<Conn>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(s, _)| Conn(s));
+        Some((accepted, listener))
+    })
+    .filter(|r| std::future::ready(r.is_ok()))
+}
+
+/// Connect to `host:port` on the simulated network, bounded by
+/// [`CONNECT_TIMEOUT`].
+async fn connect(host: String, port: u16) -> io::Result<turmoil::net::TcpStream> {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        turmoil::net::TcpStream::connect((host, port)),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+/// A lazily connecting gRPC channel to `addr` (`host:port`) over turmoil.
+pub fn channel(addr: &str) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(|uri: Uri| async move {
+            let host = uri.host().unwrap_or_default().to_string();
+            let port = uri.port_u16().unwrap_or(80);
+            connect(host, port).await.map(|s| TokioIo::new(Conn(s)))
+        })),
+    )
+}
+
+/// The witness's peer dialer over turmoil.
+pub fn dialer() -> Dialer {
+    Arc::new(channel)
+}
+
+/// Probes over turmoil: TCP connects reach the simulated hosts; no other
+/// probe kind is simulated (the simulation's policy uses TCP targets only).
+pub struct SimTransport;
+
+impl Transport for SimTransport {
+    fn tcp_connect<'a>(
+        &'a self,
+        address: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
+        async move {
+            let attempt = turmoil::net::TcpStream::connect(address);
+            match tokio::time::timeout(timeout, attempt).await {
+                Ok(Ok(_stream)) => Ok(()),
+                Ok(Err(e)) => Err(TransportError::Connect(e.to_string())),
+                Err(_) => Err(TransportError::Timeout(timeout)),
+            }
+        }
+        .boxed()
+    }
+
+    fn http_get(&self, _: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        async { Err(TransportError::Invalid("HTTP is not simulated".into())) }.boxed()
+    }
+
+    fn grpc_health<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<GrpcHealth, TransportError>> {
+        async {
+            Err(TransportError::Invalid(
+                "gRPC health is not simulated".into(),
+            ))
+        }
+        .boxed()
+    }
+
+    fn run_command<'a>(
+        &'a self,
+        _: &'a [String],
+        _: Duration,
+    ) -> BoxFuture<'a, Result<CommandOutput, TransportError>> {
+        async { Err(TransportError::Invalid("commands are not simulated".into())) }.boxed()
+    }
+}
