@@ -1,7 +1,11 @@
 //! `witnessctl`: status, membership and policy of a Witness cluster.
 //!
 //! It talks to any witness in `--endpoints` (tried in order until one
-//! answers); followers forward what only the leader may answer. Every call
+//! answers); followers forward what only the leader may answer. A read
+//! (`status`, `members list`, `policy show`, `history`) also moves on when an
+//! endpoint answers with a transient failure (no leader, timeout, a
+//! connection torn down mid-call); a change stops at the first endpoint that
+//! may have received it, so it is never sent twice. Every call
 //! is bounded by `--timeout`. Output is a table for people or, with
 //! `--output json`, one JSON document for scripts.
 //!
@@ -229,7 +233,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
     match &cli.command {
         Command::Status { local } => {
             let local = *local;
-            let reply = call(cli, move |mut c| async move {
+            let reply = call(cli, Retry::Read, move |mut c| async move {
                 c.status(StatusRequest { local }).await
             })
             .await?;
@@ -241,10 +245,9 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
         }
         Command::Members { action } => match action {
             MembersAction::List => {
-                let reply = call(
-                    cli,
-                    |mut c| async move { c.members(MembersRequest {}).await },
-                )
+                let reply = call(cli, Retry::Read, |mut c| async move {
+                    c.members(MembersRequest {}).await
+                })
                 .await?;
                 Ok(if json {
                     pretty(&members_json(&reply.members))
@@ -266,7 +269,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
                     site: site.clone(),
                     learner_only: *learner,
                 };
-                let reply = call(cli, move |mut c| {
+                let reply = call(cli, Retry::Write, move |mut c| {
                     let req = req.clone();
                     async move { c.add_member(req).await }
                 })
@@ -275,7 +278,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
             }
             MembersAction::Promote { id } => {
                 let id = *id;
-                let reply = call(cli, move |mut c| async move {
+                let reply = call(cli, Retry::Write, move |mut c| async move {
                     c.promote_member(PromoteMemberRequest { id }).await
                 })
                 .await?;
@@ -283,7 +286,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
             }
             MembersAction::Remove { id } => {
                 let id = *id;
-                let reply = call(cli, move |mut c| async move {
+                let reply = call(cli, Retry::Write, move |mut c| async move {
                     c.remove_member(RemoveMemberRequest { id }).await
                 })
                 .await?;
@@ -292,7 +295,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
         },
         Command::Policy { action } => match action {
             PolicyAction::Show => {
-                let reply = call(cli, |mut c| async move {
+                let reply = call(cli, Retry::Read, |mut c| async move {
                     c.policy_show(PolicyShowRequest { allow_stale: false })
                         .await
                 })
@@ -326,7 +329,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
                     dry_run: *dry_run,
                     expected_version: 0,
                 };
-                let reply = call(cli, move |mut c| {
+                let reply = call(cli, Retry::Write, move |mut c| {
                     let req = req.clone();
                     async move { c.policy_apply(req).await }
                 })
@@ -342,7 +345,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
         },
         Command::History { limit } => {
             let limit = *limit;
-            let reply = call(cli, move |mut c| async move {
+            let reply = call(cli, Retry::Read, move |mut c| async move {
                 c.history(HistoryRequest { limit }).await
             })
             .await?;
@@ -358,7 +361,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
                 operator: operator_name(),
                 expires_after_ms: expires.map(|d| d.as_millis() as u64).unwrap_or(0),
             };
-            let reply = call(cli, move |mut c| {
+            let reply = call(cli, Retry::Write, move |mut c| {
                 let req = req.clone();
                 async move { c.freeze(req).await }
             })
@@ -374,7 +377,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
                 reason: reason.clone(),
                 operator: operator_name(),
             };
-            let reply = call(cli, move |mut c| {
+            let reply = call(cli, Retry::Write, move |mut c| {
                 let req = req.clone();
                 async move { c.unfreeze(req).await }
             })
@@ -396,7 +399,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
                 operator: operator_name(),
                 accept_data_loss: *accept_data_loss,
             };
-            let reply = call(cli, move |mut c| {
+            let reply = call(cli, Retry::Write, move |mut c| {
                 let req = req.clone();
                 async move { c.failover(req).await }
             })
@@ -409,7 +412,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
         }
         Command::TransferLeader { to } => {
             let to = *to;
-            let reply = call(cli, move |mut c| async move {
+            let reply = call(cli, Retry::Write, move |mut c| async move {
                 c.transfer_leader(TransferLeaderRequest { to }).await
             })
             .await?;
@@ -449,9 +452,23 @@ fn operator_name() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
+/// Whether a request may be sent again to another endpoint after an
+/// answer that may or may not have been acted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// A read: a transient failure (no leader, timeout, a connection torn
+    /// down mid-call) moves on to the next endpoint.
+    Read,
+    /// A change: only a failure to connect moves on; once the request may
+    /// have reached the cluster, its answer is final, so a change is never
+    /// applied twice behind the operator's back.
+    Write,
+}
+
 /// Call `f` on the first endpoint that answers. Connection failures move on
-/// to the next endpoint; an answer (even an error status) is final.
-async fn call<T, F, Fut>(cli: &Cli, f: F) -> Result<T, CtlError>
+/// to the next endpoint; so do transient failures of a [`Retry::Read`].
+/// Otherwise an answer (even an error status) is final.
+async fn call<T, F, Fut>(cli: &Cli, retry: Retry, f: F) -> Result<T, CtlError>
 where
     F: Fn(AdminClient<Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -462,6 +479,7 @@ where
         ));
     }
     let mut failures = Vec::new();
+    let mut unavailable = Vec::new();
     for endpoint in cli
         .endpoints
         .iter()
@@ -492,23 +510,41 @@ where
             }
         };
         let client = AdminClient::new(channel);
-        return match tokio::time::timeout(cli.timeout, f(client)).await {
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => Err(classify(endpoint, status)),
-            Err(_) => Err(CtlError::Unavailable {
+        let err = match tokio::time::timeout(cli.timeout, f(client)).await {
+            Ok(Ok(resp)) => return Ok(resp.into_inner()),
+            Ok(Err(status)) => classify(endpoint, status),
+            Err(_) => CtlError::Unavailable {
                 endpoint: endpoint.to_string(),
                 message: format!(
                     "no answer within {:?}; the cluster may have no quorum (try `witnessctl \
                      status --local` against each node)",
                     cli.timeout
                 ),
-            }),
+            },
         };
+        match err {
+            CtlError::Unavailable { .. } if retry == Retry::Read => unavailable.push(err),
+            err => return Err(err),
+        }
     }
-    Err(CtlError::Unreachable(format!(
-        "{}. Is witness running there? Check --endpoints / WITNESS_ENDPOINTS",
-        failures.join("; ")
-    )))
+    match unavailable.len() {
+        0 => Err(CtlError::Unreachable(format!(
+            "{}. Is witness running there? Check --endpoints / WITNESS_ENDPOINTS",
+            failures.join("; ")
+        ))),
+        1 if failures.is_empty() => Err(unavailable.remove(0)),
+        _ => {
+            let all: Vec<String> = unavailable
+                .iter()
+                .map(ToString::to_string)
+                .chain(failures)
+                .collect();
+            Err(CtlError::Unavailable {
+                endpoint: "every endpoint".to_string(),
+                message: all.join("; "),
+            })
+        }
+    }
 }
 
 fn classify(endpoint: &str, status: tonic::Status) -> CtlError {

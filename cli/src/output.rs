@@ -32,7 +32,8 @@ pub fn status_json(s: &StatusReply) -> Value {
         "freeze_expires_in_ms": s.freeze_expires_in_ms,
         "pending_failover": s.pending.as_ref().map(|p| json!({
             "from": p.from, "to": p.to, "cause": p.cause, "reason": p.reason,
-            "remaining_ms": p.remaining_ms,
+            "remaining_ms": p.remaining_ms, "commit_failures": p.commit_failures,
+            "last_error": non_empty(&p.last_error), "retry_in_ms": p.retry_in_ms,
         })),
         "decision": s.decision,
         "sites": s.sites.iter().map(site_json).collect::<Vec<_>>(),
@@ -183,6 +184,15 @@ pub fn status_table(s: &StatusReply) -> String {
             p.from,
             p.reason
         ));
+        if p.commit_failures > 0 {
+            out.push_str(&format!(
+                "         the activation did not commit ({} attempts; last: {}); next attempt in \
+                 {:.1}s. Check that a majority of witnesses is up and connected.\n",
+                p.commit_failures,
+                p.last_error,
+                p.retry_in_ms as f64 / 1000.0
+            ));
+        }
     }
     for d in &s.decision {
         out.push_str(&format!("why:     {d}\n"));

@@ -73,9 +73,9 @@ pub struct LeaseSpec {
 }
 
 impl LeaseSpec {
-    /// A mailstore agent of `site` renewing at `epoch` every 500 ms (the
-    /// default `renew_interval`), each attempt bounded by 1 s, reporting a
-    /// healthy service.
+    /// A mailstore agent of `site` renewing at `epoch` every default
+    /// `renew_interval` (400 ms), each attempt bounded by two of them,
+    /// reporting a healthy service.
     pub fn new(agent: &str, site: &str, epoch: u64, endpoints: Vec<String>) -> LeaseSpec {
         LeaseSpec {
             agent: agent.to_string(),
@@ -83,12 +83,12 @@ impl LeaseSpec {
             role: "mailstore".to_string(),
             epoch,
             endpoints,
-            renew_interval: Duration::from_millis(500),
+            renew_interval: witness::config::defaults::RENEW_INTERVAL,
             // Two renew intervals: a witness that forwards to a live leader
             // answers in milliseconds, so this only ever cuts off a dead or
-            // black-holed endpoint, and two such skips (2 s) plus one renew
-            // interval still fit in the default 3 s lease.
-            attempt_timeout: Duration::from_secs(1),
+            // black-holed endpoint, and two such skips (1.6 s) plus one
+            // renew interval still fit in the default 3 s lease.
+            attempt_timeout: witness::config::defaults::RENEW_INTERVAL * 2,
             service_healthy: true,
         }
     }
@@ -125,12 +125,14 @@ pub struct Attempt {
     pub outcome: Outcome,
 }
 
-/// A granted lease: through which endpoint, from when, until when.
+/// A granted lease: through which endpoint, from when (the send time of
+/// the renewal), when the grant arrived, and until when it is valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     pub endpoint: String,
     pub epoch: u64,
     pub sent: Instant,
+    pub answered: Instant,
     pub valid_until: Instant,
 }
 
@@ -273,6 +275,7 @@ impl LeaseClient {
                     endpoint: a.endpoint.clone(),
                     epoch: *epoch,
                     sent: a.sent,
+                    answered: a.answered,
                     valid_until: *valid_until,
                 }),
                 _ => None,

@@ -19,7 +19,7 @@ pub mod netcluster;
 
 /// Raft timers for tests: the production defaults. Tests wait on protocol
 /// bounds derived from these, never on wall-clock performance.
-pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1500);
+pub const ELECTION_TIMEOUT_MAX: Duration = witness::config::defaults::ELECTION_TIMEOUT_MAX;
 
 /// Generous bound for anything that needs a few elections on a loaded CI
 /// machine.
@@ -137,6 +137,22 @@ impl Cluster {
             c.push_node(spec);
         }
         fs::write(c.policy_path(), POLICY).expect("write policy");
+        c
+    }
+
+    /// `n` voters (each node file with `extra_toml` appended), initialised
+    /// on node 1 with the cluster policy `policy`, every node started and
+    /// ready.
+    pub fn running(n: usize, extra_toml: &str, policy: &str) -> Cluster {
+        let mut c = Cluster::with_extra(n, extra_toml);
+        c.set_policy(policy);
+        let out = c.init(1);
+        assert!(out.status.success(), "init: {}", text(&out));
+        let ids: Vec<u64> = (1..=n as u64).collect();
+        for id in &ids {
+            c.start(*id);
+        }
+        c.wait_ready(&ids, SETTLE);
         c
     }
 
@@ -430,7 +446,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// The policy the test clusters start with (defaults).
 pub const POLICY: &str =
-    "[lease]\nrenew_interval = \"500ms\"\nlease_ttl = \"3s\"\nmargin = \"1s\"\n";
+    "[lease]\nrenew_interval = \"400ms\"\nlease_ttl = \"3s\"\nmargin = \"1s\"\n";
 
 /// A node config in the documented format.
 pub fn node_toml(cluster: &str, me: &NodeSpec, peers: &[NodeSpec], data_dir: &Path) -> String {
@@ -566,7 +582,7 @@ impl Sites {
     /// the sites (e.g. a `[failover]` table).
     pub fn policy(&self, extra: &str) -> String {
         let mut s = String::from(
-            "[lease]\nrenew_interval = \"500ms\"\nlease_ttl = \"3s\"\nmargin = \"1s\"\n\
+            "[lease]\nrenew_interval = \"400ms\"\nlease_ttl = \"3s\"\nmargin = \"1s\"\n\
              [consul]\nmode = \"ignore\"\n",
         );
         s.push_str(extra);
@@ -645,7 +661,7 @@ pub struct SiteSpec {
 /// `extra` TOML (e.g. a `[failover]` table) and `sites` with TCP targets.
 pub fn site_policy(consul_mode: &str, extra: &str, sites: &[SiteSpec]) -> String {
     let mut s = format!(
-        "[lease]\nrenew_interval = \"500ms\"\nlease_ttl = \"3s\"\nmargin = \"1s\"\n\
+        "[lease]\nrenew_interval = \"400ms\"\nlease_ttl = \"3s\"\nmargin = \"1s\"\n\
          [consul]\nmode = \"{consul_mode}\"\n"
     );
     s.push_str(extra);

@@ -20,7 +20,7 @@ fn commit_policy_change(c: &Cluster, margin_ms: u64) -> u64 {
     std::fs::write(
         &file,
         format!(
-            "[lease]\nrenew_interval = \"500ms\"\nlease_ttl = \"3s\"\nmargin = \"{margin_ms}ms\"\n"
+            "[lease]\nrenew_interval = \"400ms\"\nlease_ttl = \"3s\"\nmargin = \"{margin_ms}ms\"\n"
         ),
     )
     .expect("write policy");
@@ -483,5 +483,72 @@ fn witnessctl_dead_endpoint_exits_3() {
         String::from_utf8_lossy(&out.stderr).contains(&port.to_string()),
         "{}",
         text(&out)
+    );
+}
+
+/// An endpoint that accepts connections and hangs up mid-call: a read
+/// (`status`, `history`) moves on to the next endpoint and succeeds; a
+/// change (`freeze`) stops there with exit code 4, because the request may
+/// have been acted on, and the cluster stays unfrozen.
+#[test]
+fn witnessctl_reads_move_past_a_failing_endpoint_changes_do_not() {
+    let mut c = Cluster::new(3);
+    let out = c.init(1);
+    assert!(out.status.success(), "init: {}", text(&out));
+    for id in 1..=3 {
+        c.start(id);
+    }
+    c.wait_ready(&[1, 2, 3], SETTLE);
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let broken = listener.local_addr().expect("addr").to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    listener.set_nonblocking(true).expect("nonblocking");
+    let hangups = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut served = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        // Read the client's preface and first frames, then
+                        // hang up without answering.
+                        let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                        let mut buf = [0u8; 4096];
+                        let _ = std::io::Read::read(&mut conn, &mut buf);
+                        drop(conn);
+                        served += 1;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            served
+        })
+    };
+    let endpoints = format!("{broken},{}", c.endpoints());
+
+    for args in [&["status"][..], &["history"]] {
+        let out = c.ctl_at(&endpoints, &[&["--timeout", "3s"][..], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    let out = c.ctl_at(
+        &endpoints,
+        &["--timeout", "3s", "freeze", "--reason", "maintenance"],
+    );
+    assert_eq!(out.status.code(), Some(4), "freeze: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&broken),
+        "the error names the endpoint: {}",
+        text(&out)
+    );
+    let out = c.ctl(&["--output", "json", "status"]);
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(status["mode"], "auto", "{status:#}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served = hangups.join().expect("listener thread");
+    assert!(
+        served >= 3,
+        "each witnessctl call reached the broken endpoint"
     );
 }

@@ -12,15 +12,7 @@ use witness_e2e::*;
 const FAILOVER_BOUND: Duration = Duration::from_secs(40);
 
 fn start(sites: &Sites, extra: &str) -> Cluster {
-    let mut c = Cluster::new(3);
-    c.set_policy(&sites.policy(extra));
-    let out = c.init(1);
-    assert!(out.status.success(), "init: {}", text(&out));
-    for id in 1..=3 {
-        c.start(id);
-    }
-    c.wait_ready(&[1, 2, 3], SETTLE);
-    c
+    Cluster::running(3, "", &sites.policy(extra))
 }
 
 fn last_activation(c: &Cluster) -> Value {

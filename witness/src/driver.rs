@@ -53,6 +53,23 @@ pub struct Pending {
     pub drained_at: Mono,
     /// When every lease of `from` is over (moves later if a grant raced in).
     pub safe_after: Mono,
+    /// Failed attempts to commit the activation, the last error, and when
+    /// the next attempt is due (backing off; the site stays drained).
+    pub commit_failures: u32,
+    pub last_error: Option<String>,
+    pub retry_at: Option<Mono>,
+}
+
+/// First pause after a failed activation commit; doubles per failure.
+const COMMIT_RETRY_MIN: Duration = Duration::from_millis(200);
+/// Longest pause between two activation commit attempts.
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The pause after the `failures`-th failed commit attempt.
+fn commit_backoff(failures: u32) -> Duration {
+    COMMIT_RETRY_MIN
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(COMMIT_RETRY_MAX)
 }
 
 /// An operator's `failover --to`, waiting for the driver.
@@ -397,21 +414,21 @@ async fn drive_once(node: &Arc<Node>) -> Result<(), NodeError> {
                 );
             }
             let safe_after = soft.book.safe_after(from, lease_wait);
-            let drained_at = soft
-                .pending
-                .as_ref()
-                .filter(|_| same)
-                .map_or(now, |p| p.drained_at);
+            let previous = soft.pending.take().filter(|_| same);
+            let retry_at = previous.as_ref().and_then(|p| p.retry_at);
             soft.pending = Some(Pending {
                 from: from.clone(),
                 to: to.clone(),
                 cause,
                 by: by.clone(),
                 reason: reason.clone(),
-                drained_at,
+                drained_at: previous.as_ref().map_or(now, |p| p.drained_at),
                 safe_after,
+                commit_failures: previous.as_ref().map_or(0, |p| p.commit_failures),
+                last_error: previous.and_then(|p| p.last_error),
+                retry_at,
             });
-            now >= safe_after
+            now >= safe_after && retry_at.is_none_or(|t| now >= t)
         }
     };
     if !ready {
@@ -462,6 +479,23 @@ async fn drive_once(node: &Arc<Node>) -> Result<(), NodeError> {
     };
     let result = node.raft.client_write(req).await;
     let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+    if let (Err(e), Some(p)) = (&result, soft.pending.as_mut()) {
+        // Not committed (no quorum, leadership lost): keep the site drained
+        // and try again later; the compare-and-set makes a late commit of
+        // this attempt and a retry the same single activation.
+        p.commit_failures += 1;
+        p.last_error = Some(e.to_string());
+        let pause = commit_backoff(p.commit_failures);
+        p.retry_at = Some(now + pause);
+        tracing::warn!(
+            from = %p.from, to = %p.to, failures = p.commit_failures, retry_in = ?pause,
+            "failover: committing the activation of {to} failed: {e}"
+        );
+        if let Some(op) = soft.operator.take() {
+            let _ = op.result.send(Some(Err(format!("commit failed: {e}"))));
+        }
+        return Ok(());
+    }
     soft.pending = None;
     soft.book.undrain();
     let outcome = match result {
@@ -646,6 +680,15 @@ mod tests {
 
     use super::*;
     use crate::probe::ConsulView;
+
+    /// A failed activation commit is retried after 200 ms, then twice as
+    /// long each time, never more than 5 s apart.
+    #[test]
+    fn activation_commit_retries_back_off_to_a_cap() {
+        let pauses: Vec<u128> = (1..=8).map(|n| commit_backoff(n).as_millis()).collect();
+        assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(commit_backoff(u32::MAX), COMMIT_RETRY_MAX);
+    }
 
     fn state_with(obs: &[(NodeId, u64)], mode: Mode) -> WitnessState {
         let mut s = WitnessState::default();

@@ -29,16 +29,37 @@ if [[ ! -d "$data/w1" ]]; then
   "$bin/witness" init --config "$here/witness-1.toml" --policy "$here/cluster.toml"
 fi
 
+# A cluster left over from an earlier run would hold the ports.
+for port in 7410 7420 7430; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "error: 127.0.0.1:$port is in use; a witness of an earlier run may still be" >&2
+    echo "running: pkill -f 'witness run --config $here' and try again" >&2
+    exit 1
+  fi
+done
+
 pids=()
 cleanup() {
+  trap - EXIT INT TERM HUP
+  ((${#pids[@]})) || return 0
   echo
   echo "stopping the three witnesses…"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # SIGTERM hands leadership off and exits within seconds; after 10 s, kill.
+  for _ in $(seq 1 100); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   echo "stopped; data kept in $data (restart with --keep, or rm -rf $data)"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 for n in 1 2 3; do
   "$bin/witness" run --config "$here/witness-$n.toml" >>"$data/w$n.log" 2>&1 &

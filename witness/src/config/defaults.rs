@@ -18,17 +18,24 @@ pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)
 /// `node.http_listen`: `/healthz`, `/readyz`, `/metrics`.
 pub const HTTP_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7401);
 
-// ---- [raft] (node-local; WAN-safe: a witness may sit in another site) ---
+// ---- [raft] (node-local; a witness may sit in another site) -------------
+//
+// Sized for round trips up to about 50 ms between sites. A leader change
+// takes up to 2 × election_timeout_max + rpc_timeout (openraft's followers
+// refuse votes for election_timeout_max after the last heartbeat, so the
+// first election attempt may fail), and it must fit inside one lease with
+// two renewal intervals to spare (see `timers.rs`); slower links scale these
+// and `lease.lease_ttl` together.
 
 /// `raft.heartbeat_interval`: how often the leader sends AppendEntries.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(150);
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// `raft.election_timeout_min`: lower bound of a follower's randomised
 /// wait for the leader before it calls an election.
-pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(750);
+pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(400);
 /// `raft.election_timeout_max`: upper bound of that wait.
-pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1500);
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(800);
 /// `raft.rpc_timeout`: deadline of one Raft RPC to one peer.
-pub const RPC_TIMEOUT: Duration = Duration::from_millis(500);
+pub const RPC_TIMEOUT: Duration = Duration::from_millis(300);
 /// `raft.snapshot_after_logs`: entries applied since the last snapshot
 /// before a new one is built.
 pub const SNAPSHOT_AFTER_LOGS: u64 = 1000;
@@ -39,7 +46,7 @@ pub const KEEP_LOGS_AFTER_SNAPSHOT: u64 = 500;
 // ---- [lease] (cluster policy, replicated) -------------------------------
 
 /// `lease.renew_interval`: how often an agent of the active site renews.
-pub const RENEW_INTERVAL: Duration = Duration::from_millis(500);
+pub const RENEW_INTERVAL: Duration = Duration::from_millis(400);
 /// `lease.lease_ttl`: how long a granted lease lasts, from the agent's send time.
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
 /// `lease.max_drift`: the clock-rate error ρ every process stays within,
@@ -82,7 +89,7 @@ pub const GRPC_SERVICE: &str = "";
 /// defaults (an observation must outlive the detection window it
 /// summarises); the default is twice the floor, so a re-affirmation
 /// proposed at 3 s has another 3 s to commit, enough to ride out a leader
-/// change (election_timeout_max 1.5 s + two RPCs), before the previous one
+/// change (2 × election_timeout_max 800 ms + an RPC), before the previous one
 /// expires and a live witness's word is lost.
 pub const OBSERVATION_TTL: Duration = Duration::from_secs(6);
 /// `failover.min_failover_interval`: anti-flap, no automatic failover this

@@ -614,7 +614,7 @@ fn timer_check_uses_the_policy_probe_numbers() {
     let lease_wait = p.lease.lease_wait();
     assert_eq!(
         report.worst_case_failover,
-        ms(2000 + 5400 + 1000 + 500) + lease_wait
+        ms(1900 + 5400 + 600 + 400) + lease_wait
     );
 
     p.failover.observation_ttl = Duration::from_secs(11);

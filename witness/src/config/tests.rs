@@ -66,10 +66,10 @@ fn omitted_keys_take_the_defaults() {
     let config = node();
     assert_eq!(config.node.cluster, "witness");
     assert_eq!(config.raft, RaftTimers::default());
-    assert_eq!(config.raft.heartbeat_interval, ms(150));
-    assert_eq!(config.raft.election_timeout_min, ms(750));
-    assert_eq!(config.raft.election_timeout_max, ms(1500));
-    assert_eq!(config.raft.rpc_timeout, ms(500));
+    assert_eq!(config.raft.heartbeat_interval, ms(100));
+    assert_eq!(config.raft.election_timeout_min, ms(400));
+    assert_eq!(config.raft.election_timeout_max, ms(800));
+    assert_eq!(config.raft.rpc_timeout, ms(300));
     assert_eq!(config.raft.snapshot_after_logs, 1000);
     assert_eq!(config.raft.keep_logs_after_snapshot, 500);
 
@@ -86,7 +86,7 @@ fn omitted_keys_take_the_defaults() {
 
     let policy = Policy::parse("", Path::new("cluster.toml")).expect("empty policy is valid");
     assert_eq!(policy, Policy::default());
-    assert_eq!(policy.lease.renew_interval, ms(500));
+    assert_eq!(policy.lease.renew_interval, ms(400));
     assert_eq!(policy.lease.lease_ttl, ms(3000));
     assert_eq!(policy.lease.max_drift, 0.01);
     assert_eq!(policy.lease.margin, ms(1000));
@@ -234,7 +234,7 @@ fn node_validation_names_the_offending_key() {
         ),
         (
             "min = max",
-            |c| c.raft.election_timeout_max = ms(750),
+            |c| c.raft.election_timeout_max = ms(400),
             "raft.election_timeout_max",
         ),
         (
@@ -244,12 +244,12 @@ fn node_validation_names_the_offending_key() {
         ),
         (
             "heartbeat × 3 > min",
-            |c| c.raft.heartbeat_interval = ms(251),
+            |c| c.raft.heartbeat_interval = ms(134),
             "raft.heartbeat_interval",
         ),
         (
             "rpc ≥ min",
-            |c| c.raft.rpc_timeout = ms(750),
+            |c| c.raft.rpc_timeout = ms(400),
             "raft.rpc_timeout",
         ),
     ];
@@ -274,7 +274,8 @@ fn node_validation_accepts_the_boundaries() {
     type Edit = fn(&mut NodeConfig);
     let cases: &[(&str, Edit)] = &[
         ("heartbeat × 3 = min", |c| {
-            c.raft.heartbeat_interval = ms(250)
+            c.raft.election_timeout_min = ms(450);
+            c.raft.heartbeat_interval = ms(150)
         }),
         ("one peer", |c| c.peers.truncate(1)),
         ("seven peers", |c| {
@@ -547,7 +548,7 @@ fn policy_round_trips_through_json_exactly() {
     assert_eq!(
         json,
         concat!(
-            r#"{"lease":{"renew_interval":"500ms","lease_ttl":"3s","max_drift":"1%","margin":"1s"},"#,
+            r#"{"lease":{"renew_interval":"400ms","lease_ttl":"3s","max_drift":"1%","margin":"1s"},"#,
             r#""probe":{"interval":"500ms","timeout":"400ms","fail_after":3,"recover_after":2},"#,
             r#""consul":{"mode":"corroborate","server_sites":[]},"#,
             r#""failover":{"observation_ttl":"6s","min_failover_interval":"5m","failback":"manual","#,
@@ -556,7 +557,7 @@ fn policy_round_trips_through_json_exactly() {
     );
     // A policy committed before sites existed still reads, with defaults.
     let old =
-        r#"{"lease":{"renew_interval":"500ms","lease_ttl":"3s","max_drift":"1%","margin":"1s"}}"#;
+        r#"{"lease":{"renew_interval":"400ms","lease_ttl":"3s","max_drift":"1%","margin":"1s"}}"#;
     let back: Policy = serde_json::from_str(old).expect("old JSON");
     assert_eq!(back, Policy::default());
 }
@@ -615,7 +616,7 @@ fn to_toml_writes_every_key_and_round_trips() {
         "[[peer]]",
         "[raft]",
         "keep_logs_after_snapshot = ",
-        "\"150ms\"",
+        "\"100ms\"",
     ] {
         assert!(text.contains(key), "missing {key:?} in\n{text}");
     }
@@ -670,7 +671,7 @@ fn load_any_decides_by_content() {
 }
 
 /// With the defaults every rule holds and the estimate is the sum of its
-/// parts: 2 s + 1.9 s + 3 s × 1.01/0.99 + 1 s + 1 s + 0.5 s ≈ 9.461 s.
+/// parts: 1.9 s + 1.9 s + 3 s × 1.01/0.99 + 1 s + 0.6 s + 0.4 s ≈ 8.861 s.
 #[test]
 fn default_timers_pass_and_sum_to_the_worst_case() {
     let report = check_timers(&RaftTimers::default(), &Policy::default()).expect("defaults pass");
@@ -681,18 +682,19 @@ fn default_timers_pass_and_sum_to_the_worst_case() {
     );
     assert_eq!(
         report.worst_case_failover,
-        ms(2000 + 1900 + 1000 + 500) + lease_wait
+        ms(1900 + 1900 + 600 + 400) + lease_wait
     );
     let text = report.lines.join("\n");
     for part in [
-        "1s 500ms + rpc_timeout 500ms + renew_interval 500ms = 2s 500ms < lease_ttl 3s",
-        "worst-case failover ≈9s 461ms",
+        "2 × election_timeout_max 800ms + rpc_timeout 300ms + 2 × renew_interval 400ms = 2s 700ms \
+         < lease_ttl 3s",
+        "worst-case failover ≈8s 861ms",
         "election",
         "detection",
         "fail_after 3 × probe_interval 500ms + probe_timeout 400ms ([probe]; no sites yet)",
         "ok: observation_ttl 6s ≥ 2 × interval 500ms × fail_after 3 = 3s (of probe;",
         "lease_ttl 3s × (1 + 1%) / (1 − 1%) + margin 1s",
-        "2 × rpc_timeout 500ms",
+        "2 × rpc_timeout 300ms",
         "first directive",
     ] {
         assert!(text.contains(part), "missing {part:?} in\n{text}");
@@ -703,15 +705,18 @@ fn default_timers_pass_and_sum_to_the_worst_case() {
 #[test]
 fn timer_check_refuses_a_leader_change_longer_than_a_lease() {
     let cases: &[(&str, u64, u64, u64, bool)] = &[
-        // (what, election_timeout_max, rpc_timeout, lease_ttl, ok)
-        ("defaults", 1500, 500, 3000, true),
-        ("just below", 1999, 500, 3000, true),
-        ("equal", 2000, 500, 3000, false),
-        ("slow WAN Raft, default lease", 3000, 700, 3000, false),
-        ("scaled together", 3000, 700, 6000, true),
+        // (what, election_timeout_max, rpc_timeout, lease_ttl, ok); the
+        // renew_interval is the default 400 ms.
+        ("defaults", 800, 300, 3000, true),
+        ("just below", 949, 300, 3000, true),
+        ("equal", 950, 300, 3000, false),
+        ("one election timeout too few", 1200, 300, 3000, false),
+        ("slow WAN Raft, default lease", 1500, 500, 3000, false),
+        ("scaled together", 1500, 500, 5000, true),
     ];
     for (what, max, rpc, ttl, ok) in cases {
         let raft = RaftTimers {
+            election_timeout_min: ms(*max / 2),
             election_timeout_max: ms(*max),
             rpc_timeout: ms(*rpc),
             ..RaftTimers::default()

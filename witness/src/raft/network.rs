@@ -43,6 +43,10 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Time to wait for a TCP connection to a peer before giving up on one RPC.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// HTTP/2 pings on an idle or busy peer connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// A peer connection whose ping is unanswered this long is closed.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A member's answer to the leader's first contact carried an incarnation the
 /// membership has not pinned yet.
@@ -116,7 +120,12 @@ impl NetContext {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Notice a connection that died during a partition, rather than
+            // queueing calls behind it until the kernel gives up.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let ch = endpoint.connect_lazy();
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)

@@ -189,6 +189,11 @@ impl AdminService {
                 cause: p.cause.to_string(),
                 reason: p.reason.clone(),
                 remaining_ms: p.safe_after.saturating_sub(now).as_millis() as u64,
+                commit_failures: p.commit_failures,
+                last_error: p.last_error.clone().unwrap_or_default(),
+                retry_in_ms: p
+                    .retry_at
+                    .map_or(0, |t| t.saturating_sub(now).as_millis() as u64),
             });
             if let (Some(f), Some((index, armed))) = (&applied.state.freeze, soft.freeze_armed)
                 && f.log_index == index

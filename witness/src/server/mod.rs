@@ -90,6 +90,9 @@ where
     )
 }
 
+/// Streams a peer may reset before being accepted, per connection.
+const MAX_PENDING_RESETS: usize = 4096;
+
 /// Largest Admin message accepted (policy files, status replies).
 const MAX_ADMIN_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -145,6 +148,11 @@ pub fn grpc_router(
     );
     Ok(Server::builder()
         .tcp_nodelay(true)
+        // A peer's Raft calls that time out are reset; after a partition
+        // heals, the backlog of such resets arrives at once. h2's default
+        // (20) answers that with GOAWAY, which also kills the forwarded
+        // operator calls sharing the connection.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(raft_svc)

@@ -108,7 +108,7 @@ pub fn policy(min_failover_interval: &str, failback: &str) -> Policy {
     let mut text = format!(
         r#"
 [lease]
-renew_interval = "500ms"
+renew_interval = "400ms"
 lease_ttl = "3s"
 max_drift = "1%"
 margin = "1s"
@@ -321,7 +321,7 @@ pub struct Grant {
 /// How long a client waits for one renewal before trying another witness.
 const RENEW_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The policy's `renew_interval`.
-const RENEW_INTERVAL: Duration = Duration::from_millis(500);
+const RENEW_INTERVAL: Duration = witness::config::defaults::RENEW_INTERVAL;
 /// How long the client's local service check may take.
 const SERVICE_CHECK_TIMEOUT: Duration = Duration::from_millis(200);
 
