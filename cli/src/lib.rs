@@ -75,6 +75,12 @@ pub enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// The failover directives of the current epoch (promotion, cache
+    /// flush, …) and their progress; retry a failed one.
+    Directives {
+        #[command(subcommand)]
+        action: DirectivesAction,
+    },
     /// Committed decisions, oldest first.
     History {
         /// Show only the last N records (0 = all).
@@ -137,6 +143,26 @@ pub enum MembersAction {
     Promote { id: u64 },
     /// Remove a node (voter or learner).
     Remove { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DirectivesAction {
+    /// Each directive with its state, claimant, attempts and last result,
+    /// and the gates that wait for them.
+    List {
+        /// Also the directives of earlier epochs that are still kept.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Send a failed (or unreachable) directive of the current epoch back to
+    /// pending, with a fresh attempt budget.
+    Retry {
+        /// The directive, as `<epoch>/<name>` (see `directives list`).
+        id: String,
+        /// Why (recorded in history).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -340,6 +366,43 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
                     }))
                 } else {
                     output::policy_apply_text(&reply, *dry_run)
+                })
+            }
+        },
+        Command::Directives { action } => match action {
+            DirectivesAction::List { all } => {
+                let include_past = *all;
+                let reply = call(cli, Retry::Read, move |mut c| async move {
+                    c.list_directives(ListDirectivesRequest { include_past })
+                        .await
+                })
+                .await?;
+                Ok(if json {
+                    pretty(&output::directives_json(&reply))
+                } else {
+                    output::directives_table(&reply)
+                })
+            }
+            DirectivesAction::Retry { id, reason } => {
+                if reason.trim().is_empty() {
+                    return Err(CtlError::Usage(
+                        "a retry needs --reason \"...\" (it is recorded in history)".into(),
+                    ));
+                }
+                let req = RetryDirectiveRequest {
+                    id: id.clone(),
+                    operator: operator_name(),
+                    reason: reason.clone(),
+                };
+                let reply = call(cli, Retry::Write, move |mut c| {
+                    let req = req.clone();
+                    async move { c.retry_directive(req).await }
+                })
+                .await?;
+                Ok(if json {
+                    pretty(&serde_json::json!({"state": reply.state, "message": reply.message}))
+                } else {
+                    format!("{}\n", reply.message)
                 })
             }
         },

@@ -4,7 +4,9 @@
 //! status --output json"): later versions add fields, never rename them.
 
 use serde_json::{Value, json};
-use witness_proto::{HistoryReply, Member, PolicyApplyReply, SiteStatus, StatusReply};
+use witness_proto::{
+    HistoryReply, ListDirectivesReply, Member, PolicyApplyReply, SiteStatus, StatusReply,
+};
 
 /// `status --output json`.
 pub fn status_json(s: &StatusReply) -> Value {
@@ -90,6 +92,90 @@ pub fn history_json(h: &HistoryReply) -> Value {
             .map(|e| serde_json::from_str(&e.json).unwrap_or_else(|_| json!({"raw": e.json})))
             .collect(),
     )
+}
+
+/// `directives list --output json`: the epoch, every directive with all
+/// its fields (the action parsed), and the gates.
+pub fn directives_json(r: &ListDirectivesReply) -> Value {
+    json!({
+        "epoch": r.epoch,
+        "directives": r.directives.iter().map(|d| json!({
+            "id": d.id, "epoch": d.epoch, "name": d.name, "site": d.site, "role": d.role,
+            "state": d.state, "description": d.description,
+            "action": serde_json::from_str::<Value>(&d.action_json).unwrap_or(Value::Null),
+            "after": d.after, "agent": non_empty(&d.agent), "generation": d.generation,
+            "attempts": d.attempts, "max_attempts": d.max_attempts,
+            "claim_ttl_ms": d.claim_ttl_ms, "best_effort": d.best_effort,
+            "exit_code": d.exit_code, "output_tail": non_empty(&d.output_tail),
+            "last_error": non_empty(&d.last_error),
+        })).collect::<Vec<_>>(),
+        "gates": r.gates.iter().map(|g| json!({
+            "role": g.role, "directives": g.directives, "open": g.open,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `directives list` for people.
+pub fn directives_table(r: &ListDirectivesReply) -> String {
+    if r.directives.is_empty() {
+        return format!(
+            "epoch {}: no directives (the first activation, or a failover whose policy plans \
+             none)\n",
+            r.epoch
+        );
+    }
+    let rows: Vec<Vec<String>> = r
+        .directives
+        .iter()
+        .map(|d| {
+            let attempts = format!("{}/{}", d.attempts, d.max_attempts);
+            let detail = match (d.state.as_str(), d.exit_code) {
+                ("done", _) => last_line(&d.output_tail),
+                (_, Some(code)) if !d.last_error.is_empty() => {
+                    format!("exit {code}: {}", d.last_error)
+                }
+                _ => d.last_error.clone(),
+            };
+            vec![
+                d.id.clone(),
+                format!("{}/{}", d.site, d.role),
+                d.state.clone(),
+                d.agent.clone(),
+                attempts,
+                d.description.clone(),
+                detail,
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["ID", "FOR", "STATE", "AGENT", "TRIES", "ACTION", "LAST"],
+        &rows,
+    );
+    for g in &r.gates {
+        out.push_str(&format!(
+            "gate: {} agents run their activate hooks after {}: {}\n",
+            g.role,
+            g.directives.join(", "),
+            if g.open { "open" } else { "CLOSED (waiting)" }
+        ));
+    }
+    if r.directives.iter().any(|d| d.state == "failed") {
+        out.push_str(
+            "a failed directive waits for an operator: fix the cause (see LAST and the agent's \
+             log), then `witnessctl directives retry <ID> --reason \"...\"`\n",
+        );
+    }
+    out
+}
+
+/// The last non-empty line of a command's output.
+fn last_line(s: &str) -> String {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 fn non_empty(s: &str) -> Value {

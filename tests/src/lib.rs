@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod admin;
+pub mod bgp;
 pub mod lease;
 pub mod netcluster;
 
@@ -588,7 +589,8 @@ impl Sites {
         s.push_str(extra);
         for (name, active, services) in [("dc-a", true, &self.a), ("dc-b", false, &self.b)] {
             s.push_str(&format!(
-                "\n[[site]]\nname = \"{name}\"\nactive = {active}\n"
+                "\n[[site]]\nname = \"{name}\"\nactive = {active}\n\
+                 mail_hosts = [\"mbox.{name}.test\"]\n"
             ));
             for (target, svc) in ["mailstore", "proxy"].iter().zip(services) {
                 s.push_str(&format!(

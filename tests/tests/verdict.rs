@@ -75,6 +75,32 @@ fn site_dies_other_site_is_activated_at_the_next_epoch() {
         ev["observations"].as_array().is_some_and(|o| o.len() >= 2),
         "observations recorded"
     );
+
+    // The activation carries its directives: promote dc-a's accounts on
+    // dc-b's mailstore, with dc-b's proxies gated on it. No agent runs here,
+    // so it stays pending, and only a failed directive can be retried.
+    let out = c.ctl(&["--output", "json", "directives", "list"]);
+    assert!(out.status.success(), "directives list: {}", text(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("directives json");
+    assert_eq!(list["epoch"], 2, "{list:#}");
+    let d = &list["directives"][0];
+    assert_eq!(
+        (&d["id"], &d["site"], &d["role"], &d["state"]),
+        (
+            &Value::from("2/promote"),
+            &Value::from("dc-b"),
+            &Value::from("mailstore"),
+            &Value::from("pending")
+        ),
+        "{list:#}"
+    );
+    assert_eq!(d["action"]["kind"], "promote_accounts");
+    assert_eq!(d["action"]["source_mail_hosts"][0], "mbox.dc-a.test");
+    assert_eq!(list["gates"][0]["role"], "proxy");
+    assert_eq!(list["gates"][0]["open"], false);
+    let out = c.ctl(&["directives", "retry", "2/promote", "--reason", "test"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("only a failed or unreachable directive"));
 }
 
 /// While frozen, a dead active site is not failed over, and status says

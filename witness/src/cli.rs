@@ -49,6 +49,25 @@ fn print_timers(node: &NodeConfig, policy: &Policy) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `witness import-habeat FILE`: the agent TOML on stdout, then on stderr
+/// every habeat key that has no equivalent and why. The TOML is checked
+/// with [`AgentConfig::parse`](crate::agent::AgentConfig::parse) before it
+/// is printed, so what is printed always loads.
+pub fn import_habeat(file: &Path) -> anyhow::Result<()> {
+    let imported = crate::agent::habeat::load(file)?;
+    crate::agent::AgentConfig::parse(&imported.toml, Path::new("(imported agent.toml)"))
+        .context("the generated agent TOML does not validate; this is a bug, please report it")?;
+    print!("{}", imported.toml);
+    eprintln!(
+        "# {} habeat setting(s) have no direct equivalent or need a person:",
+        imported.notes.len()
+    );
+    for note in &imported.notes {
+        eprintln!("#  - {note}");
+    }
+    Ok(())
+}
+
 /// `witness init --config node.toml --policy cluster.toml`.
 pub fn init(config: &Path, policy: &Path) -> anyhow::Result<()> {
     let node = NodeConfig::load(config)?;

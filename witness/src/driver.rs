@@ -32,7 +32,7 @@ use crate::node::{Node, NodeError, unix_ms};
 use crate::probe::{ConsulEvidence, LocalView, SiteView};
 use crate::raft::types::NodeId;
 use crate::state::{
-    Actor, AgentReport, Cause, Evidence, Mode, Observation, Request, Response, WitnessState,
+    Actor, AgentReport, Cause, Epoch, Evidence, Mode, Observation, Request, Response, WitnessState,
 };
 
 /// How often the driver re-evaluates when nothing wakes it.
@@ -78,6 +78,8 @@ pub struct OperatorFailover {
     pub to: String,
     pub operator: String,
     pub reason: String,
+    /// Promote without the failback pre-flight (`--accept-data-loss`).
+    pub accept_data_loss: bool,
     pub result: tokio::sync::watch::Sender<Option<Result<u64, String>>>,
 }
 
@@ -99,6 +101,15 @@ pub struct Soft {
     pub last_mode: Option<Mode>,
     /// When this node last handed leadership to the preferred site.
     pub last_transfer_at: Option<Mono>,
+    /// Per agent: the epoch and the instant of the last lease this leader
+    /// granted it in its current term (claims need a valid lease).
+    pub agent_grants: BTreeMap<String, (Epoch, Mono)>,
+    /// Claim deadlines on this leader's clock, by (epoch, name,
+    /// generation); armed when this leader first sees the claim (a new
+    /// leader re-arms them in full) and pushed back by each renewal.
+    pub claim_deadlines: BTreeMap<(Epoch, String, u64), Mono>,
+    /// When this leader first saw each best-effort directive pending.
+    pub best_effort_since: BTreeMap<(Epoch, String), Mono>,
 }
 
 impl Soft {
@@ -134,6 +145,9 @@ impl Soft {
             self.book.begin_term(term, now);
             self.pending = None;
             self.freeze_armed = None;
+            self.agent_grants.clear();
+            self.claim_deadlines.clear();
+            self.best_effort_since.clear();
         }
     }
 }
@@ -175,12 +189,54 @@ impl Node {
         (engine::decide(&inputs), applied.clone())
     }
 
-    /// Record a grant to `site` for the current term, unless it is draining.
-    pub fn record_grant(&self, term: u64, site: &str) -> Result<(), GrantRefusal> {
+    /// Record a grant to `agent` of `site` at `epoch` for the current term,
+    /// unless the site is draining.
+    pub fn record_grant(
+        &self,
+        term: u64,
+        site: &str,
+        agent: &str,
+        epoch: Epoch,
+    ) -> Result<(), GrantRefusal> {
         let now = self.now();
         let mut soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
         soft.ensure_term(term, now);
-        soft.book.try_grant(site, now)
+        soft.book.try_grant(site, now)?;
+        soft.agent_grants.insert(agent.to_string(), (epoch, now));
+        Ok(())
+    }
+
+    /// Why `agent` holds no lease at `epoch` that this leader can vouch for,
+    /// if it does not: its last grant from this leader, in this term, was
+    /// for `epoch` and less than `lease_ttl` ago on this leader's clock.
+    /// (The agent's own check is stricter: it counts from its send time.)
+    pub fn check_agent_lease(
+        &self,
+        term: u64,
+        agent: &str,
+        epoch: Epoch,
+        lease_ttl: Duration,
+    ) -> Result<(), String> {
+        let now = self.now();
+        let mut soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
+        soft.ensure_term(term, now);
+        match soft.agent_grants.get(agent) {
+            Some((e, at)) if *e == epoch && now.saturating_sub(*at) < lease_ttl => Ok(()),
+            Some((e, _)) if *e != epoch => Err(format!(
+                "{agent}'s last lease is for epoch {e}, not {epoch}: renew the lease first"
+            )),
+            _ => Err(format!(
+                "{agent} holds no current lease from this leader: renew the lease first"
+            )),
+        }
+    }
+
+    /// Arm or push back the deadline of claim `generation` of `name`.
+    pub fn arm_claim(&self, epoch: Epoch, name: &str, generation: u64, ttl: Duration) {
+        let now = self.now();
+        let mut soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
+        soft.claim_deadlines
+            .insert((epoch, name.to_string(), generation), now + ttl);
     }
 
     /// Remember what an agent said in a renewal (evidence, agent veto).
@@ -355,6 +411,7 @@ async fn drive_once(node: &Arc<Node>) -> Result<(), NodeError> {
         .ensure_term(term, now);
 
     expire_freeze(node, &applied.state, now).await?;
+    expire_claims(node, &applied.state, now).await?;
     prefer_leader(node, &policy, &m, now).await;
 
     let (decision, applied) = node.decide_now();
@@ -467,6 +524,8 @@ async fn drive_once(node: &Arc<Node>) -> Result<(), NodeError> {
         consul_mode: policy.consul.mode.as_str().to_string(),
     };
     let epoch = applied.state.verdict.epoch + 1;
+    let accept_data_loss = operator.as_ref().is_some_and(|op| op.accept_data_loss);
+    let plan = engine::plan::plan(&policy, from.as_deref(), &to, accept_data_loss);
     let req = Request::Activate {
         site: to.clone(),
         epoch,
@@ -476,6 +535,8 @@ async fn drive_once(node: &Arc<Node>) -> Result<(), NodeError> {
         reason: reason.clone(),
         evidence: Box::new(evidence),
         at_unix_ms: unix_ms(),
+        directives: plan.directives,
+        gates: plan.gates,
     };
     let result = node.raft.client_write(req).await;
     let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
@@ -670,6 +731,71 @@ async fn expire_freeze(node: &Arc<Node>, state: &WitnessState, now: Mono) -> Res
         .map_err(|e| NodeError::Unavailable(format!("commit unfreeze: {e}")))?;
     if let Response::ModeSet { .. } = resp.data {
         tracing::info!("freeze expired; back to automatic mode");
+    }
+    Ok(())
+}
+
+/// On the leader: expire claims whose deadline passed on this leader's
+/// clock, and give up best-effort directives nobody claimed within their
+/// claim TTL. Deadlines are armed when this leader first sees a claim, so a
+/// new leader gives every claim its full TTL again.
+async fn expire_claims(node: &Arc<Node>, state: &WitnessState, now: Mono) -> Result<(), NodeError> {
+    use crate::state::ledger::DirectiveState;
+    let ledger = &state.ledger;
+    let mut due = Vec::new();
+    {
+        let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live_claims = BTreeSet::new();
+        let mut live_pending = BTreeSet::new();
+        for d in &ledger.directives {
+            let ttl = Duration::from_millis(d.spec.claim_ttl_ms);
+            match &d.state {
+                DirectiveState::Claimed { generation, .. } => {
+                    let key = (d.epoch, d.spec.name.clone(), *generation);
+                    let deadline = *soft.claim_deadlines.entry(key.clone()).or_insert(now + ttl);
+                    if now >= deadline {
+                        due.push(Request::ExpireClaim {
+                            epoch: d.epoch,
+                            name: d.spec.name.clone(),
+                            generation: *generation,
+                            at_unix_ms: unix_ms(),
+                        });
+                    }
+                    live_claims.insert(key);
+                }
+                DirectiveState::Pending if d.spec.best_effort => {
+                    let key = (d.epoch, d.spec.name.clone());
+                    let since = *soft.best_effort_since.entry(key.clone()).or_insert(now);
+                    if now >= since + ttl {
+                        due.push(Request::GiveUpDirective {
+                            epoch: d.epoch,
+                            name: d.spec.name.clone(),
+                            at_unix_ms: unix_ms(),
+                        });
+                    }
+                    live_pending.insert(key);
+                }
+                _ => {}
+            }
+        }
+        soft.claim_deadlines.retain(|k, _| live_claims.contains(k));
+        soft.best_effort_since
+            .retain(|k, _| live_pending.contains(k));
+    }
+    for req in due {
+        let what = req.to_string();
+        let resp = node
+            .raft
+            .client_write(req)
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("commit {what}: {e}")))?;
+        match resp.data {
+            Response::DirectiveUpdated { state } => {
+                tracing::warn!("{what}: directive is now {state}");
+            }
+            Response::Rejected(why) => tracing::debug!("{what} not applied: {why}"),
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -4,6 +4,8 @@
 //! active. See `DESIGN.md` for the safety protocol; each module's doc says
 //! what it owns and which invariant it keeps.
 
+pub mod agent;
+pub mod bgp;
 pub mod cli;
 pub mod clock;
 pub mod config;

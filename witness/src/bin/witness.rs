@@ -64,6 +64,13 @@ enum Command {
         #[arg(long)]
         policy: Option<PathBuf>,
     },
+    /// Print an agent TOML equivalent to a habeat.yml; what has no equivalent goes to stderr.
+    ImportHabeat {
+        /// The habeat.yml (/etc/habeat/habeat.yml or /etc/hamon/habeat.yml).
+        file: PathBuf,
+    },
+    /// Announce or withdraw the service VIP through the local BIRD (proxy hooks).
+    Bgp(witness::bgp::BgpArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +87,9 @@ fn main() -> ExitCode {
             force,
             reason,
         } => witness::cli::recover(&config, force, &reason),
+        Command::ImportHabeat { file } => witness::cli::import_habeat(&file),
+        // Its own exit codes (documented in witness::bgp) for hook runners.
+        Command::Bgp(args) => return witness::bgp::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -136,6 +136,8 @@ impl ConfigError {
 pub(crate) enum FileKind {
     Node,
     Policy,
+    /// `witness bgp`'s own file (bgp.toml, see `crate::bgp`).
+    Bgp,
     /// Only checked for TOML syntax so far.
     Unknown,
 }
@@ -229,9 +231,12 @@ fn table_header(line: &str) -> Option<&str> {
 }
 
 fn hint_for(message: &str, kind: FileKind) -> String {
-    const EXAMPLES: &str = "deploy/examples/ documents every key";
+    let examples = match kind {
+        FileKind::Bgp => "deploy/bgp/bgp.toml documents every key",
+        _ => "deploy/examples/ documents every key",
+    };
     let node_only = ["`node`", "`peer`", "`raft`"];
-    let policy_only = ["`lease`", "`probe`", "`site`", "`failover`"];
+    let policy_only = ["`lease`", "`probe`", "`site`", "`failover`", "`directives`"];
     if message.contains("unknown field") {
         // Both files have a [consul] table, with different keys.
         if kind == FileKind::Node
@@ -260,10 +265,10 @@ fn hint_for(message: &str, kind: FileKind) -> String {
                     cluster policy; a file with a [node] table is read as a node config"
                 .into();
         }
-        return format!("remove the key or fix its spelling; {EXAMPLES}");
+        return format!("remove the key or fix its spelling; {examples}");
     }
     if message.contains("missing field") {
-        return format!("add the key; {EXAMPLES}");
+        return format!("add the key; {examples}");
     }
     // Our own value parsers (listen addresses, max_drift) already say what
     // to write; a generic hint after that would only dilute it.
@@ -277,6 +282,6 @@ fn hint_for(message: &str, kind: FileKind) -> String {
     }
     match kind {
         FileKind::Unknown => "fix the TOML syntax at that position (see https://toml.io)".into(),
-        _ => format!("fix the value at that position; {EXAMPLES}"),
+        _ => format!("fix the value at that position; {examples}"),
     }
 }

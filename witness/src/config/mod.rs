@@ -31,9 +31,10 @@
 //! [`NodeConfig::consul_agent`] when a node starts probing, never by
 //! `load`/`parse`.
 
-mod check;
+pub(crate) mod check;
 mod consul;
 pub mod defaults;
+mod directives;
 mod error;
 mod failover;
 mod node;
@@ -47,6 +48,7 @@ use std::time::Duration;
 pub use consul::{
     ConsulAgentConfig, ConsulAgentSection, ConsulMode, ConsulPolicy, ConsulScheme, ConsulToken,
 };
+pub use directives::{CommandDirective, DirectivesPolicy};
 pub use error::{ConfigError, Problem};
 pub use failover::{Failback, FailoverPolicy};
 pub use node::{NodeConfig, NodeSection, PeerConfig, RaftTimers};
@@ -54,7 +56,7 @@ pub use policy::{LeasePolicy, Policy};
 pub use sites::{DownRule, ProbeDefaults, ProbeKind, ProbeTimers, Role, SitePolicy, TargetPolicy};
 pub use timers::{TimerReport, check_timers};
 
-use error::FileKind;
+pub(crate) use error::FileKind;
 
 /// Either kind of configuration file.
 // Loaded once per command, never stored in bulk: the size difference

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::consul::ConsulPolicy;
 use super::defaults::{self, MAX_DRIFT_LIMIT, MAX_SITES, RENEWALS_PER_LEASE};
+use super::directives::DirectivesPolicy;
 use super::error::{ConfigError, FileKind, Problem};
 use super::failover::FailoverPolicy;
 use super::sites::{ProbeDefaults, SitePolicy};
@@ -35,6 +36,9 @@ pub struct Policy {
     /// `[failover]`: observation lifetime, anti-flap, failback.
     #[serde(default)]
     pub failover: FailoverPolicy,
+    /// `[directives]`: what a failover orders the agents to do.
+    #[serde(default)]
+    pub directives: DirectivesPolicy,
     /// `[[site]]`: the datacenters and what to probe in each. Last, because
     /// TOML writes arrays of tables after plain tables.
     #[serde(rename = "site", default)]
@@ -169,6 +173,7 @@ impl Policy {
         self.check_sites(&mut problems);
         self.consul.check(&self.sites, &mut problems);
         self.failover.check(&self.probe, &self.sites, &mut problems);
+        self.directives.check(&mut problems);
         ConfigError::from_problems(problems)
     }
 

@@ -805,3 +805,102 @@ proptest! {
         prop_assert_eq!(back, p);
     }
 }
+
+/// `[directives]` and `mail_hosts`: every rule, one mistake at a time, each
+/// named by its key; the defaults and a full table are accepted.
+#[test]
+fn directives_validation_names_the_offending_key() {
+    type Edit = fn(&mut Policy);
+    let command = |name: &str, after: &[&str]| CommandDirective {
+        name: name.into(),
+        role: "mailstore".into(),
+        argv: vec!["/usr/local/bin/notify".into()],
+        timeout: Duration::from_secs(60),
+        after: after.iter().map(|s| s.to_string()).collect(),
+    };
+    let cases: &[(&str, Edit, &str)] = &[
+        (
+            "zero threads",
+            |p| p.directives.promote_threads = 0,
+            "directives.promote_threads",
+        ),
+        (
+            "zero claim ttl",
+            |p| p.directives.claim_ttl = Duration::ZERO,
+            "directives.claim_ttl",
+        ),
+        (
+            "no attempts",
+            |p| p.directives.max_attempts = 0,
+            "directives.max_attempts",
+        ),
+        (
+            "flush without promote",
+            |p| {
+                p.directives.promote = false;
+                p.directives.flush_cache = true;
+            },
+            "directives.promote",
+        ),
+        (
+            "hostile mail host",
+            |p| p.sites[0].mail_hosts = vec!["mbox1; rm -rf /".into()],
+            "site[dc-a].mail_hosts[0]",
+        ),
+        (
+            "option-like mail host",
+            |p| p.sites[1].mail_hosts = vec!["--help".into()],
+            "site[dc-b].mail_hosts[0]",
+        ),
+    ];
+    for (what, edit, key) in cases {
+        let mut p = policy();
+        edit(&mut p);
+        let err = p.validate().expect_err(what);
+        assert_eq!(keys(&err), [*key], "{what}: {err}");
+    }
+
+    let commands: &[(&str, Vec<CommandDirective>, &str)] = &[
+        (
+            "built-in name",
+            vec![command("promote", &[])],
+            "directives.command[0].name",
+        ),
+        (
+            "twice",
+            vec![command("notify", &[]), command("notify", &[])],
+            "directives.command[1].name",
+        ),
+        (
+            "unknown dependency",
+            vec![command("notify", &["later"]), command("later", &[])],
+            "directives.command[0].after",
+        ),
+        (
+            "empty argv",
+            vec![CommandDirective {
+                argv: vec![],
+                ..command("notify", &[])
+            }],
+            "directives.command[0].argv",
+        ),
+    ];
+    for (what, list, key) in commands {
+        let mut p = policy();
+        p.directives.commands = list.clone();
+        let err = p.validate().expect_err(what);
+        assert_eq!(keys(&err), [*key], "{what}: {err}");
+    }
+
+    let mut p = policy();
+    p.sites[0].mail_hosts = vec!["mbox1.example.com".into()];
+    p.directives.flush_cache = true;
+    p.directives.restart_replicas = true;
+    p.directives.commands = vec![
+        command("notify", &["promote"]),
+        command("audit", &["notify", "flush-cache"]),
+    ];
+    p.validate().expect("a full [directives] table is valid");
+    let back = Policy::parse(&p.to_toml(), Path::new("cluster.toml")).expect("re-parse");
+    assert_eq!(back, p);
+}

@@ -249,6 +249,10 @@ pub struct SitePolicy {
     /// Which critical targets must be down for the site to be down.
     #[serde(default)]
     pub down_rule: DownRule,
+    /// The site's mailstores as Carbonio names them (`zmhostname`): the
+    /// `source_mail_host` of a promotion away from this site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mail_hosts: Vec<String>,
     /// `[[site.target]]`: what to probe.
     #[serde(rename = "target", default)]
     pub targets: Vec<TargetPolicy>,
@@ -698,6 +702,16 @@ impl SitePolicy {
                 why,
                 "use the site name the witnesses' node.site uses: 1-63 of [A-Za-z0-9._-]",
             ));
+        }
+        for (i, host) in self.mail_hosts.iter().enumerate() {
+            if let Err(why) = crate::agent::check::hostname(host) {
+                problems.push(Problem::new(
+                    format!("{key}.mail_hosts[{i}]"),
+                    format!("{key}.mail_hosts[{i}] = {host:?}: {why}"),
+                    "write the mailstore's host name as Carbonio knows it (zmhostname), e.g. \
+                     \"mbox1.example.com\"",
+                ));
+            }
         }
         if self.targets.is_empty() {
             problems.push(Problem::new(

@@ -42,6 +42,7 @@
 //! the decision (the state machine).
 
 pub mod lease;
+pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -18,6 +18,7 @@ fn policy(consul: ConsulMode) -> Policy {
         name: name.into(),
         active,
         down_rule: DownRule::All,
+        mail_hosts: Vec::new(),
         targets: vec![
             TargetPolicy::new("mailstore", Role::Mailstore, ProbeKind::Tcp),
             TargetPolicy::new("proxy", Role::Proxy, ProbeKind::Tcp),
@@ -523,6 +524,8 @@ proptest! {
                 reason: "p".into(),
                 evidence: Box::default(),
                 at_unix_ms: 0,
+                directives: Vec::new(),
+                gates: BTreeMap::new(),
             };
             let before = s.verdict.clone();
             let resp = s.apply(i as u64 * 2 + 1, &req);

@@ -811,6 +811,7 @@ mod tests {
             name: "dc-a".into(),
             active: true,
             down_rule: DownRule::All,
+            mail_hosts: Vec::new(),
             targets,
         }];
         Arc::new(p)

@@ -81,6 +81,7 @@ fn fast_policy(sites: Vec<(&str, Vec<TargetPolicy>)>) -> Policy {
             name: name.into(),
             active: i == 0,
             down_rule: DownRule::All,
+            mail_hosts: Vec::new(),
             targets,
         })
         .collect();

@@ -701,6 +701,7 @@ impl Admin for AdminService {
                     req.operator.clone()
                 },
                 reason: req.reason.clone(),
+                accept_data_loss: req.accept_data_loss,
                 result: tx,
             });
         }
@@ -746,16 +747,93 @@ impl Admin for AdminService {
 
     async fn list_directives(
         &self,
-        _request: Request<ListDirectivesRequest>,
+        request: Request<ListDirectivesRequest>,
     ) -> Res<ListDirectivesReply> {
-        Err(Status::unimplemented("directives arrive with the agents"))
+        if let Some(r) = self
+            .forward(
+                &request,
+                |mut c, r| async move { c.list_directives(r).await },
+            )
+            .await
+        {
+            return r;
+        }
+        self.node.linearizable_barrier().await?;
+        let applied = self.node.state.current();
+        let ledger = &applied.state.ledger;
+        let past = request
+            .get_ref()
+            .include_past
+            .then_some(ledger.past.iter())
+            .into_iter()
+            .flatten();
+        Ok(Response::new(ListDirectivesReply {
+            epoch: applied.state.verdict.epoch,
+            directives: past
+                .chain(ledger.directives.iter())
+                .map(super::directives::info)
+                .collect(),
+            gates: super::directives::gates(ledger),
+        }))
     }
 
     async fn retry_directive(
         &self,
-        _request: Request<RetryDirectiveRequest>,
+        request: Request<RetryDirectiveRequest>,
     ) -> Res<RetryDirectiveReply> {
-        Err(Status::unimplemented("directives arrive with the agents"))
+        let (epoch, name) = {
+            let req = request.get_ref();
+            if req.reason.trim().is_empty() {
+                return Err(Status::invalid_argument(
+                    "a retry needs a reason (--reason); it is recorded in history",
+                ));
+            }
+            let parsed = req
+                .id
+                .split_once('/')
+                .and_then(|(e, n)| Some((e.parse::<u64>().ok()?, n.to_string())));
+            match parsed {
+                Some((epoch, name)) if !name.is_empty() => (epoch, name),
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "bad directive id {:?}: write <epoch>/<name>, as `witnessctl directives \
+                         list` shows it",
+                        req.id
+                    )));
+                }
+            }
+        };
+        if let Some(r) = self
+            .forward(
+                &request,
+                |mut c, r| async move { c.retry_directive(r).await },
+            )
+            .await
+        {
+            return r;
+        }
+        let req = request.into_inner();
+        let response = self
+            .node
+            .propose(StateRequest::RetryDirective {
+                epoch,
+                name: name.clone(),
+                by: operator(&req.operator),
+                reason: req.reason.clone(),
+                at_unix_ms: crate::node::unix_ms(),
+            })
+            .await?;
+        match response {
+            StateResponse::DirectiveUpdated { state } => Ok(Response::new(RetryDirectiveReply {
+                message: format!(
+                    "directive {epoch}/{name} is {state} again; an agent of its site and role \
+                     claims it on its next check"
+                ),
+                state,
+            })),
+            StateResponse::Rejected(why) => Err(Status::failed_precondition(why)),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
     }
 }
 

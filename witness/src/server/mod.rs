@@ -2,6 +2,7 @@
 //! health and reflection) and one HTTP port (`/healthz`, `/readyz`).
 
 pub mod admin;
+pub mod directives;
 pub mod http;
 pub mod raft_service;
 pub mod witness_service;

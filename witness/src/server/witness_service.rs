@@ -24,8 +24,10 @@ use witness_proto::witness_client::WitnessClient;
 use witness_proto::witness_server::Witness;
 use witness_proto::*;
 
+use super::directives;
 use crate::engine::lease::GrantRefusal;
 use crate::node::Node;
+use crate::raft::store::AppliedState;
 use crate::state::AgentReport;
 
 /// Buffered verdicts per watcher; a watcher that falls this far behind is
@@ -55,16 +57,28 @@ impl WitnessService {
     }
 
     fn verdict(&self, stale: bool) -> Verdict {
-        let applied = self.node.state.current();
-        let v = &applied.state.verdict;
-        Verdict {
-            active_site: v.active_site.clone().unwrap_or_default(),
-            epoch: v.epoch,
-            mode: v.mode.to_string(),
-            stale,
-            applied_index: applied.last_applied.map(|l| l.index).unwrap_or(0),
-            answered_by: self.node.config.node.id,
-        }
+        verdict_of(&self.node.state.current(), stale, self.node.config.node.id)
+    }
+}
+
+/// The verdict of `applied`, with the current epoch's directives and gates.
+fn verdict_of(applied: &AppliedState, stale: bool, answered_by: u64) -> Verdict {
+    let state = &applied.state;
+    let v = &state.verdict;
+    Verdict {
+        active_site: v.active_site.clone().unwrap_or_default(),
+        epoch: v.epoch,
+        mode: v.mode.to_string(),
+        stale,
+        applied_index: applied.last_applied.map(|l| l.index).unwrap_or(0),
+        answered_by,
+        directives: state
+            .ledger
+            .directives
+            .iter()
+            .map(directives::info)
+            .collect(),
+        gates: directives::gates(&state.ledger),
     }
 }
 
@@ -85,6 +99,38 @@ fn check_name(field: &str, value: &str) -> Result<(), Status> {
     }
 }
 
+/// The applied state after a read-index round, on a leader that stayed
+/// leader throughout, for a request at `epoch`.
+enum Fresh {
+    Current {
+        term: u64,
+        applied: Arc<AppliedState>,
+    },
+    /// The request's epoch is not the current one, and why.
+    Stale(String),
+}
+
+impl WitnessService {
+    async fn fresh_state(&self, epoch: u64) -> Result<Fresh, Status> {
+        let term = self.node.raft.metrics().borrow_watched().current_term;
+        self.node.linearizable_barrier().await?;
+        let m = self.node.raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader || m.current_term != term {
+            return Err(Status::unavailable(
+                "leadership changed during the request; retry",
+            ));
+        }
+        let applied = self.node.state.current();
+        let current = applied.state.verdict.epoch;
+        if epoch != current {
+            return Ok(Fresh::Stale(format!(
+                "epoch {epoch} is not the current epoch {current}"
+            )));
+        }
+        Ok(Fresh::Current { term, applied })
+    }
+}
+
 fn refused(req: &RenewLeaseRequest, epoch: u64, reason: String) -> Response<RenewLeaseReply> {
     Response::new(RenewLeaseReply {
         granted: false,
@@ -92,6 +138,7 @@ fn refused(req: &RenewLeaseRequest, epoch: u64, reason: String) -> Response<Rene
         epoch,
         lease_ttl_ms: 0,
         reason,
+        ..RenewLeaseReply::default()
     })
 }
 
@@ -126,23 +173,12 @@ impl Witness for WitnessService {
         tokio::spawn(async move {
             let mut last = None;
             loop {
-                let verdict = {
-                    let a = states.borrow_and_update();
-                    let v = &a.state.verdict;
-                    Verdict {
-                        active_site: v.active_site.clone().unwrap_or_default(),
-                        epoch: v.epoch,
-                        mode: v.mode.to_string(),
-                        stale: true,
-                        applied_index: a.last_applied.map(|l| l.index).unwrap_or(0),
-                        answered_by: me,
-                    }
+                let verdict = verdict_of(&states.borrow_and_update(), true, me);
+                // A change of the verdict or of a directive, not of the index.
+                let key = Verdict {
+                    applied_index: 0,
+                    ..verdict.clone()
                 };
-                let key = (
-                    verdict.active_site.clone(),
-                    verdict.epoch,
-                    verdict.mode.clone(),
-                );
                 if last.as_ref() != Some(&key) {
                     last = Some(key);
                     // A full buffer means the watcher stopped reading: drop it.
@@ -231,7 +267,9 @@ impl Witness for WitnessService {
                 ),
             ));
         }
-        if let Err(GrantRefusal::Draining { site }) = self.node.record_grant(term, &req.site) {
+        if let Err(GrantRefusal::Draining { site }) =
+            self.node.record_grant(term, &req.site, &req.agent, epoch)
+        {
             return Ok(refused(
                 &req,
                 epoch,
@@ -244,27 +282,227 @@ impl Witness for WitnessService {
             epoch,
             lease_ttl_ms: policy.lease.lease_ttl.as_millis() as u64,
             reason: String::new(),
+            renew_interval_ms: policy.lease.renew_interval.as_millis() as u64,
         }))
     }
 
     async fn claim_directive(
         &self,
-        _request: Request<ClaimDirectiveRequest>,
+        request: Request<ClaimDirectiveRequest>,
     ) -> Result<Response<ClaimDirectiveReply>, Status> {
-        Err(Status::unimplemented("directives arrive with the agents"))
+        {
+            let r = request.get_ref();
+            check_name("agent", &r.agent)?;
+            check_name("site", &r.site)?;
+            check_name("role", &r.role)?;
+            check_name("directive name", &r.name)?;
+        }
+        if let Some(r) = self
+            .forward(
+                &request,
+                |mut c, r| async move { c.claim_directive(r).await },
+            )
+            .await
+        {
+            return r;
+        }
+        let req = request.into_inner();
+        let refuse = |reason: String| {
+            Ok(Response::new(ClaimDirectiveReply {
+                granted: false,
+                reason,
+                ..ClaimDirectiveReply::default()
+            }))
+        };
+        let (term, policy, spec_ttl) = match self.fresh_state(req.epoch).await? {
+            Fresh::Current { term, applied } => {
+                let state = &applied.state;
+                if let Err(why) = state
+                    .ledger
+                    .check_claim(req.epoch, &req.name, &req.site, &req.role)
+                {
+                    return refuse(why);
+                }
+                let ttl = state
+                    .ledger
+                    .directives
+                    .iter()
+                    .find(|d| d.spec.name == req.name)
+                    .map_or(0, |d| d.spec.claim_ttl_ms);
+                let Some(policy) = state.policy.clone() else {
+                    return refuse("no policy committed yet".into());
+                };
+                (term, policy, ttl)
+            }
+            Fresh::Stale(why) => return refuse(why),
+        };
+        if let Err(why) =
+            self.node
+                .check_agent_lease(term, &req.agent, req.epoch, policy.lease.lease_ttl)
+        {
+            return refuse(why);
+        }
+        let response = self
+            .node
+            .propose(crate::state::Request::ClaimDirective {
+                epoch: req.epoch,
+                name: req.name.clone(),
+                agent: req.agent.clone(),
+                site: req.site.clone(),
+                role: req.role.clone(),
+                at_unix_ms: crate::node::unix_ms(),
+            })
+            .await?;
+        match response {
+            crate::state::Response::Claimed { generation } => {
+                let ttl = std::time::Duration::from_millis(spec_ttl);
+                self.node.arm_claim(req.epoch, &req.name, generation, ttl);
+                tracing::info!(
+                    agent = %req.agent, generation,
+                    "directive {}/{} claimed by {}", req.epoch, req.name, req.agent
+                );
+                Ok(Response::new(ClaimDirectiveReply {
+                    granted: true,
+                    generation,
+                    claim_ttl_ms: spec_ttl,
+                    reason: String::new(),
+                }))
+            }
+            crate::state::Response::Rejected(why) => refuse(why),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
     }
 
     async fn renew_claim(
         &self,
-        _request: Request<RenewClaimRequest>,
+        request: Request<RenewClaimRequest>,
     ) -> Result<Response<RenewClaimReply>, Status> {
-        Err(Status::unimplemented("directives arrive with the agents"))
+        {
+            let r = request.get_ref();
+            check_name("agent", &r.agent)?;
+            check_name("directive name", &r.name)?;
+        }
+        if let Some(r) = self
+            .forward(&request, |mut c, r| async move { c.renew_claim(r).await })
+            .await
+        {
+            return r;
+        }
+        let req = request.into_inner();
+        let refuse = |reason: String| {
+            Ok(Response::new(RenewClaimReply {
+                granted: false,
+                claim_ttl_ms: 0,
+                reason,
+            }))
+        };
+        let (term, applied) = match self.fresh_state(req.epoch).await? {
+            Fresh::Current { term, applied } => (term, applied),
+            Fresh::Stale(why) => return refuse(why),
+        };
+        let state = &applied.state;
+        if !state
+            .ledger
+            .holds(req.epoch, &req.name, &req.agent, req.generation)
+        {
+            return refuse(format!(
+                "{} does not hold claim {} of {}/{}: stop the command",
+                req.agent, req.generation, req.epoch, req.name
+            ));
+        }
+        let lease_ttl = state
+            .policy
+            .as_ref()
+            .map(|p| p.lease.lease_ttl)
+            .unwrap_or_default();
+        if let Err(why) = self
+            .node
+            .check_agent_lease(term, &req.agent, req.epoch, lease_ttl)
+        {
+            return refuse(why);
+        }
+        let ttl = state
+            .ledger
+            .directives
+            .iter()
+            .find(|d| d.spec.name == req.name)
+            .map_or(0, |d| d.spec.claim_ttl_ms);
+        self.node.arm_claim(
+            req.epoch,
+            &req.name,
+            req.generation,
+            std::time::Duration::from_millis(ttl),
+        );
+        Ok(Response::new(RenewClaimReply {
+            granted: true,
+            claim_ttl_ms: ttl,
+            reason: String::new(),
+        }))
     }
 
     async fn report_directive(
         &self,
-        _request: Request<ReportDirectiveRequest>,
+        request: Request<ReportDirectiveRequest>,
     ) -> Result<Response<ReportDirectiveReply>, Status> {
-        Err(Status::unimplemented("directives arrive with the agents"))
+        {
+            let r = request.get_ref();
+            check_name("agent", &r.agent)?;
+            check_name("directive name", &r.name)?;
+            if r.error.len() > 1024 {
+                return Err(Status::invalid_argument("error is at most 1024 bytes"));
+            }
+            if r.output_tail.len() > 64 * 1024 {
+                return Err(Status::invalid_argument(
+                    "output_tail is at most 64 KiB (the last 4 KiB are kept)",
+                ));
+            }
+        }
+        if let Some(r) = self
+            .forward(
+                &request,
+                |mut c, r| async move { c.report_directive(r).await },
+            )
+            .await
+        {
+            return r;
+        }
+        let req = request.into_inner();
+        let response = self
+            .node
+            .propose(crate::state::Request::ReportDirective {
+                epoch: req.epoch,
+                name: req.name.clone(),
+                agent: req.agent.clone(),
+                generation: req.generation,
+                result: crate::state::ledger::RunResult {
+                    exit_code: req.exit_code,
+                    output_tail: req.output_tail.clone(),
+                    error: req.error.clone(),
+                },
+                at_unix_ms: crate::node::unix_ms(),
+            })
+            .await?;
+        match response {
+            crate::state::Response::DirectiveUpdated { state } => {
+                tracing::info!(
+                    agent = %req.agent, generation = req.generation,
+                    "directive {}/{} {state}", req.epoch, req.name
+                );
+                Ok(Response::new(ReportDirectiveReply {
+                    accepted: true,
+                    state,
+                    reason: String::new(),
+                }))
+            }
+            crate::state::Response::Rejected(reason) => {
+                tracing::warn!(agent = %req.agent, "report ignored: {reason}");
+                Ok(Response::new(ReportDirectiveReply {
+                    accepted: false,
+                    state: String::new(),
+                    reason,
+                }))
+            }
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
     }
 }

@@ -19,16 +19,24 @@
 //!   committed; operator activations carry their own reason.
 //! - **An expiry cannot end a newer freeze.** `Unfreeze` names the freeze it
 //!   ends.
+//! - **Directives run once, at their epoch, by one agent at a time.** See
+//!   [`ledger`]: every claim, report and expiry names its epoch and the
+//!   claim's generation, and anything that does not match the current claim
+//!   changes nothing.
 //!
 //! It does not decide anything: proposals come from the engine (through the
 //! leader's driver) and from operators through the Admin service; this
 //! module only checks that a proposal still fits the state it was made from,
 //! and records it with its evidence.
 
+pub mod ledger;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use self::ledger::{DirectiveSpec, Ledger, RunResult};
 
 use crate::config::Policy;
 use crate::probe::{ConsulView, SiteView};
@@ -220,6 +228,53 @@ pub enum Request {
         reason: String,
         evidence: Box<Evidence>,
         at_unix_ms: u64,
+        /// The epoch's directives, planned from the policy at proposal time.
+        #[serde(default)]
+        directives: Vec<DirectiveSpec>,
+        /// Per role, the directives its `activate` hooks wait for.
+        #[serde(default)]
+        gates: BTreeMap<String, Vec<String>>,
+    },
+    /// Give directive `name` of `epoch` to `agent`. The leader proposes it
+    /// only while the agent holds a valid lease at that epoch.
+    ClaimDirective {
+        epoch: Epoch,
+        name: String,
+        agent: String,
+        site: String,
+        role: String,
+        at_unix_ms: u64,
+    },
+    /// What the command of claim `generation` did.
+    ReportDirective {
+        epoch: Epoch,
+        name: String,
+        agent: String,
+        generation: u64,
+        result: RunResult,
+        at_unix_ms: u64,
+    },
+    /// Claim `generation` ran out on the leader's clock.
+    ExpireClaim {
+        epoch: Epoch,
+        name: String,
+        generation: u64,
+        at_unix_ms: u64,
+    },
+    /// An operator sends a failed (or unreachable) directive back to
+    /// pending.
+    RetryDirective {
+        epoch: Epoch,
+        name: String,
+        by: Actor,
+        reason: String,
+        at_unix_ms: u64,
+    },
+    /// A best-effort directive nobody claimed in time.
+    GiveUpDirective {
+        epoch: Epoch,
+        name: String,
+        at_unix_ms: u64,
     },
     /// Stop automatic changes.
     Freeze {
@@ -278,6 +333,30 @@ impl fmt::Display for Request {
             } => {
                 write!(f, "Activate({site}, epoch {epoch}, {cause}, by {by})")
             }
+            Request::ClaimDirective {
+                epoch, name, agent, ..
+            } => write!(f, "ClaimDirective({epoch}/{name}, by {agent})"),
+            Request::ReportDirective {
+                epoch,
+                name,
+                generation,
+                ..
+            } => write!(
+                f,
+                "ReportDirective({epoch}/{name}, generation {generation})"
+            ),
+            Request::ExpireClaim {
+                epoch,
+                name,
+                generation,
+                ..
+            } => write!(f, "ExpireClaim({epoch}/{name}, generation {generation})"),
+            Request::RetryDirective {
+                epoch, name, by, ..
+            } => write!(f, "RetryDirective({epoch}/{name}, by {by})"),
+            Request::GiveUpDirective { epoch, name, .. } => {
+                write!(f, "GiveUpDirective({epoch}/{name})")
+            }
             Request::Freeze { by, .. } => write!(f, "Freeze(by {by})"),
             Request::Unfreeze {
                 freeze_index, by, ..
@@ -306,6 +385,10 @@ pub enum Response {
     Activated { site: String, epoch: Epoch },
     /// The mode changed.
     ModeSet { mode: Mode },
+    /// The directive was claimed; the claim's generation.
+    Claimed { generation: u64 },
+    /// The directive moved to this state.
+    DirectiveUpdated { state: String },
     /// Not applied, and why (the state did not match the proposal).
     Rejected(String),
     /// A Raft-internal entry (blank or membership): nothing to report.
@@ -342,6 +425,15 @@ pub enum HistoryEvent {
     },
     Unfrozen {
         freeze_index: u64,
+    },
+    /// A directive changed state (claimed, done, failed, expired, retried,
+    /// given up).
+    Directive {
+        id: String,
+        state: String,
+        agent: Option<String>,
+        generation: u64,
+        detail: String,
     },
     /// `witness recover --force` made a new cluster incarnation from this
     /// node's state.
@@ -382,6 +474,22 @@ impl fmt::Display for HistoryEvent {
                 expires_after_ms: None,
             } => f.write_str("frozen"),
             HistoryEvent::Unfrozen { .. } => f.write_str("unfrozen"),
+            HistoryEvent::Directive {
+                id,
+                state,
+                agent,
+                generation,
+                detail,
+            } => {
+                write!(f, "directive {id} {state}")?;
+                if let Some(agent) = agent {
+                    write!(f, " ({agent}, generation {generation})")?;
+                }
+                if !detail.is_empty() {
+                    write!(f, ": {detail}")?;
+                }
+                Ok(())
+            }
             HistoryEvent::ForcedRecovery {
                 previous_cluster_id,
                 epoch_before,
@@ -415,6 +523,9 @@ pub struct WitnessState {
     pub last_activation: Option<Activation>,
     /// Recent committed decisions, oldest first.
     pub history: Vec<HistoryRecord>,
+    /// The directives of the current epoch and what is kept of earlier ones.
+    #[serde(default)]
+    pub ledger: Ledger,
 }
 
 /// The last activation, kept outside the bounded history.
@@ -484,10 +595,16 @@ impl WitnessState {
                 reason,
                 evidence,
                 at_unix_ms,
+                directives,
+                gates,
             } => {
                 if let Err(why) = self.check_activate(site, *epoch, expected, *cause, by) {
                     return Response::Rejected(why);
                 }
+                if let Err(why) = ledger::validate_plan(directives, gates) {
+                    return Response::Rejected(format!("bad directive plan: {why}"));
+                }
+                self.ledger.begin_epoch(*epoch, directives, gates);
                 let from = self.verdict.active_site.replace(site.clone());
                 self.verdict.epoch = *epoch;
                 self.last_activation = Some(Activation {
@@ -510,6 +627,76 @@ impl WitnessState {
                     epoch: *epoch,
                 }
             }
+            Request::ClaimDirective {
+                epoch,
+                name,
+                agent,
+                site,
+                role,
+                at_unix_ms,
+            } => match self
+                .ledger
+                .claim(*epoch, name, agent, site, role, log_index)
+            {
+                Ok(generation) => {
+                    self.record_directive(log_index, *at_unix_ms, *epoch, name, String::new());
+                    Response::Claimed { generation }
+                }
+                Err(why) => Response::Rejected(why),
+            },
+            Request::ReportDirective {
+                epoch,
+                name,
+                agent,
+                generation,
+                result,
+                at_unix_ms,
+            } => match self.ledger.report(*epoch, name, agent, *generation, result) {
+                Ok(d) => {
+                    let state = d.state.name().to_string();
+                    let detail = d.last_error.clone().unwrap_or_default();
+                    self.record_directive(log_index, *at_unix_ms, *epoch, name, detail);
+                    Response::DirectiveUpdated { state }
+                }
+                Err(why) => Response::Rejected(why),
+            },
+            Request::ExpireClaim {
+                epoch,
+                name,
+                generation,
+                at_unix_ms,
+            } => self.directive_step(log_index, *at_unix_ms, *epoch, name, |l| {
+                l.expire(*epoch, name, *generation)
+            }),
+            Request::RetryDirective {
+                epoch,
+                name,
+                by,
+                reason,
+                at_unix_ms,
+            } => match self.ledger.retry(*epoch, name) {
+                Ok(()) => {
+                    let event = HistoryEvent::Directive {
+                        id: format!("{epoch}/{name}"),
+                        state: "pending".into(),
+                        agent: None,
+                        generation: 0,
+                        detail: "retry".into(),
+                    };
+                    self.record(log_index, *at_unix_ms, by, reason, event);
+                    Response::DirectiveUpdated {
+                        state: "pending".into(),
+                    }
+                }
+                Err(why) => Response::Rejected(why),
+            },
+            Request::GiveUpDirective {
+                epoch,
+                name,
+                at_unix_ms,
+            } => self.directive_step(log_index, *at_unix_ms, *epoch, name, |l| {
+                l.give_up(*epoch, name)
+            }),
             Request::Freeze {
                 reason,
                 by,
@@ -573,8 +760,11 @@ impl WitnessState {
                     log_index,
                     at_unix_ms: r.at_unix_ms,
                 });
-                // Observations of the old incarnation prove nothing now.
+                // Observations of the old incarnation prove nothing now, and
+                // none of its directives may run any more.
                 self.observations.clear();
+                self.ledger
+                    .begin_epoch(self.verdict.epoch, &[], &BTreeMap::new());
                 self.last_activation = None;
                 let event = HistoryEvent::ForcedRecovery {
                     previous_cluster_id: r.previous_cluster_id.clone(),
@@ -629,6 +819,63 @@ impl WitnessState {
         Ok(())
     }
 
+    /// Apply a ledger step that only changes a directive's state, and
+    /// record it.
+    fn directive_step(
+        &mut self,
+        log_index: u64,
+        at_unix_ms: u64,
+        epoch: Epoch,
+        name: &str,
+        step: impl FnOnce(&mut Ledger) -> Result<(), String>,
+    ) -> Response {
+        match step(&mut self.ledger) {
+            Ok(()) => {
+                let detail = self
+                    .ledger
+                    .directives
+                    .iter()
+                    .find(|d| d.spec.name == name)
+                    .and_then(|d| d.last_error.clone())
+                    .unwrap_or_default();
+                let state = self.record_directive(log_index, at_unix_ms, epoch, name, detail);
+                Response::DirectiveUpdated { state }
+            }
+            Err(why) => Response::Rejected(why),
+        }
+    }
+
+    /// Record directive `name`'s current state in history; returns the
+    /// state's name.
+    fn record_directive(
+        &mut self,
+        log_index: u64,
+        at_unix_ms: u64,
+        epoch: Epoch,
+        name: &str,
+        detail: String,
+    ) -> String {
+        let Some(d) = self.ledger.directives.iter().find(|d| d.spec.name == name) else {
+            return String::new();
+        };
+        let agent = match &d.state {
+            ledger::DirectiveState::Claimed { agent, .. }
+            | ledger::DirectiveState::Done { agent, .. } => Some(agent.clone()),
+            ledger::DirectiveState::Failed { agent, .. } => agent.clone(),
+            _ => None,
+        };
+        let state = d.state.name().to_string();
+        let event = HistoryEvent::Directive {
+            id: format!("{epoch}/{name}"),
+            state: state.clone(),
+            agent,
+            generation: d.generation,
+            detail,
+        };
+        self.record(log_index, at_unix_ms, &Actor::Auto, "", event);
+        state
+    }
+
     fn record(
         &mut self,
         log_index: u64,
@@ -675,6 +922,108 @@ mod tests {
         assert_eq!(s, before);
         assert_eq!(s.apply(3, &set(1)), Response::PolicySet { version: 2 });
         assert_eq!(s.history.len(), 2);
+    }
+
+    /// An activation starts its epoch's ledger; claims and reports go
+    /// through the log and are recorded in history; the next activation
+    /// supersedes what had not finished, and a stale claim is refused.
+    #[test]
+    fn activations_carry_their_directives_through_the_ledger() {
+        use ledger::{Action, DirectiveSpec, RunResult};
+        let policy: Policy = toml::from_str(
+            "[[site]]\nname = \"dc-a\"\nactive = true\n[[site.target]]\nname = \"m\"\n\
+             role = \"mailstore\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n\
+             [[site]]\nname = \"dc-b\"\n[[site.target]]\nname = \"m\"\n\
+             role = \"mailstore\"\nkind = \"tcp\"\naddress = \"127.0.0.1:2\"\n",
+        )
+        .expect("policy");
+        let mut s = WitnessState {
+            policy: Some(policy),
+            ..WitnessState::default()
+        };
+        let promote = DirectiveSpec {
+            name: "promote".into(),
+            site: "dc-b".into(),
+            role: "mailstore".into(),
+            action: Action::PromoteAccounts {
+                source_mail_hosts: vec!["mbox1.example.com".into()],
+                threads: 4,
+            },
+            after: vec![],
+            max_attempts: 3,
+            claim_ttl_ms: 30_000,
+            best_effort: false,
+        };
+        let activate =
+            |s: &WitnessState, site: &str, directives: Vec<DirectiveSpec>| Request::Activate {
+                site: site.into(),
+                epoch: s.verdict.epoch + 1,
+                expected: s.verdict.clone(),
+                cause: Cause::SiteDown,
+                by: Actor::Auto,
+                reason: "test".into(),
+                evidence: Box::default(),
+                at_unix_ms: 0,
+                directives,
+                gates: BTreeMap::from([("proxy".to_string(), vec!["promote".to_string()])]),
+            };
+        // A plan whose gate names nothing planned is refused whole.
+        assert!(matches!(
+            s.apply(1, &activate(&s, "dc-a", vec![])),
+            Response::Rejected(_)
+        ));
+        assert_eq!(s.verdict.epoch, 0);
+        assert!(matches!(
+            s.apply(2, &activate(&s, "dc-b", vec![promote.clone()])),
+            Response::Activated { epoch: 1, .. }
+        ));
+        let claim = |epoch| Request::ClaimDirective {
+            epoch,
+            name: "promote".into(),
+            agent: "mbox2".into(),
+            site: "dc-b".into(),
+            role: "mailstore".into(),
+            at_unix_ms: 0,
+        };
+        assert!(matches!(s.apply(3, &claim(0)), Response::Rejected(_)));
+        assert_eq!(s.apply(4, &claim(1)), Response::Claimed { generation: 1 });
+        let report = Request::ReportDirective {
+            epoch: 1,
+            name: "promote".into(),
+            agent: "mbox2".into(),
+            generation: 1,
+            result: RunResult {
+                exit_code: Some(0),
+                output_tail: "ok".into(),
+                error: String::new(),
+            },
+            at_unix_ms: 0,
+        };
+        assert_eq!(
+            s.apply(5, &report),
+            Response::DirectiveUpdated {
+                state: "done".into()
+            }
+        );
+        assert!(s.ledger.gate_open("proxy"));
+        let events: Vec<String> = s.history.iter().map(|r| r.event.to_string()).collect();
+        assert!(
+            events.contains(&"directive 1/promote claimed (mbox2, generation 1)".to_string()),
+            "{events:?}"
+        );
+        assert!(events.contains(&"directive 1/promote done (mbox2, generation 1)".to_string()));
+
+        let mut back = promote;
+        back.site = "dc-a".into();
+        assert_eq!(
+            s.apply(6, &claim(1)),
+            Response::Rejected("directive 1/promote is done".into())
+        );
+        s.apply(7, &activate(&s, "dc-a", vec![back]));
+        assert_eq!(s.ledger.epoch, 2);
+        assert_eq!(s.ledger.past.len(), 1);
+        assert!(matches!(s.apply(8, &claim(1)), Response::Rejected(_)));
+        assert!(matches!(s.apply(9, &report), Response::Rejected(_)));
     }
 
     /// An expiry's unfreeze names its freeze and cannot end a newer one.

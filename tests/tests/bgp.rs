@@ -1,0 +1,144 @@
+//! `witness bgp` against real BIRD 2 speakers: a router and one proxy per
+//! site, each in its own network namespace, configured from the shipped
+//! templates in `deploy/bgp/` (see `witness_e2e::bgp`).
+//!
+//! Needs root and BIRD 2; prints `SKIPPED:` and returns otherwise (CI runs
+//! as root and installs `bird2`).
+
+use std::fs;
+use std::time::Instant;
+
+use witness::bgp::{exit, med};
+use witness_e2e::bgp::{BgpLab, PROPAGATE, best, via};
+use witness_e2e::text;
+
+/// The data-plane fence end to end, as the agents' hooks drive it:
+///
+/// (a) dc-a announces at epoch 1: the router's best route for the VIP
+///     points at dc-a, with MED 4294967294 and the epoch in a large
+///     community;
+/// (b) dc-a goes stale (its BIRD is paused, like a stalled VM: its session
+///     and its epoch-1 route stay at the router) and dc-b announces at
+///     epoch 2: the router prefers dc-b — the lower MED wins across the two
+///     neighbours' different ASes — while dc-a's route is still there; it
+///     stays so once dc-a runs again and still announces epoch 1;
+/// (c) dc-a's fence hook withdraws: only dc-b's route remains, and the
+///     router's kernel forwards the VIP to dc-b;
+/// (d) the commands are idempotent: announcing epoch 2 again changes
+///     neither the include file nor the router's route (not even its age),
+///     withdrawing when nothing is announced succeeds, and a late hook of
+///     epoch 1 is refused (exit 4) without touching anything.
+#[test]
+fn lower_med_of_the_newer_epoch_wins_at_the_router() {
+    if witness_e2e::bgp::skipped() {
+        return;
+    }
+    // Build the binaries first, so the timings below are the scenario's.
+    witness_e2e::bin_dir();
+    let started = Instant::now();
+    let Some(mut lab) = BgpLab::start("bgp", 40) else {
+        return;
+    };
+    let (a, b) = (lab.addr("a-proxy"), lab.addr("b-proxy"));
+    eprintln!("bgp: sessions up after {:?}", started.elapsed());
+    assert!(lab.router_routes().is_empty(), "nothing announced yet");
+
+    // (a) dc-a is active at epoch 1.
+    let out = lab.bgp("a-proxy", &["announce"], Some(1));
+    assert!(out.status.success(), "announce dc-a: {}", text(&out));
+    let routes = lab.wait_routes(PROPAGATE, "dc-a's route at epoch 1", |r| {
+        best(r).is_some_and(|x| x.via == Some(a.into()) && x.med() == Some(med(1)))
+    });
+    assert_eq!(routes.len(), 1, "{routes:#?}");
+    assert_eq!(
+        routes[0].attr("BGP.large_community"),
+        Some("(65001, 0, 1)"),
+        "{routes:#?}"
+    );
+
+    // (b) dc-a is stale, dc-b takes over at epoch 2 (--epoch this time).
+    lab.pause("a-proxy");
+    let out = lab.bgp("b-proxy", &["announce", "--epoch", "2"], None);
+    assert!(out.status.success(), "announce dc-b: {}", text(&out));
+    let routes = lab.wait_routes(PROPAGATE, "dc-b's route best, dc-a's still there", |r| {
+        r.len() == 2 && best(r).is_some_and(|x| x.via == Some(b.into()))
+    });
+    let (best_b, stale_a) = (
+        via(&routes, b).expect("dc-b route"),
+        via(&routes, a).expect("dc-a route"),
+    );
+    assert_eq!(best_b.med(), Some(med(2)), "{routes:#?}");
+    assert_eq!(best_b.attr("BGP.large_community"), Some("(65002, 0, 2)"));
+    assert_eq!(stale_a.med(), Some(med(1)), "{routes:#?}");
+    assert!(!stale_a.primary, "the stale epoch must lose: {routes:#?}");
+    lab.resume("a-proxy");
+    // Running again, dc-a still announces epoch 1 (nobody told it) and
+    // still loses.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let routes = lab.router_routes();
+    assert_eq!(routes.len(), 2, "{routes:#?}");
+    assert_eq!(best(&routes).and_then(|r| r.via), Some(b.into()));
+
+    // (c) dc-a's fence hook withdraws (the agent passes the epoch it saw).
+    let out = lab.bgp("a-proxy", &["withdraw"], Some(2));
+    assert!(out.status.success(), "withdraw dc-a: {}", text(&out));
+    let routes = lab.wait_routes(PROPAGATE, "only dc-b's route", |r| {
+        r.len() == 1 && best(r).is_some_and(|x| x.via == Some(b.into()))
+    });
+    let kernel = lab.wait_kernel_route_via(b);
+    eprintln!("bgp: router kernel route: {kernel}");
+
+    // (d) Idempotent.
+    let include = fs::read(lab.include_file("b-proxy")).expect("read include");
+    for _ in 0..2 {
+        let out = lab.bgp("b-proxy", &["announce"], Some(2));
+        assert!(out.status.success(), "re-announce dc-b: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("unchanged"),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        fs::read(lab.include_file("b-proxy")).expect("read include"),
+        include
+    );
+    let again = lab.router_routes();
+    assert_eq!(again.len(), 1, "{again:#?}");
+    assert_eq!(again[0].via, Some(b.into()));
+    assert_eq!(again[0].med(), Some(med(2)));
+    assert_eq!(
+        again[0].since, routes[0].since,
+        "re-announcing the same epoch must not re-advertise the route"
+    );
+    let out = lab.bgp("a-proxy", &["withdraw"], None);
+    assert!(
+        out.status.success(),
+        "withdraw with nothing announced: {}",
+        text(&out)
+    );
+    let out = lab.bgp("a-proxy", &["announce"], Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(exit::STALE)),
+        "a late epoch-1 hook must be refused: {}",
+        text(&out)
+    );
+    let out = lab.bgp("a-proxy", &["status"], None);
+    assert!(out.status.success(), "status dc-a: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("withdrawn (highest epoch seen 2)"),
+        "{}",
+        text(&out)
+    );
+    let out = lab.bgp("b-proxy", &["status"], None);
+    assert!(out.status.success(), "status dc-b: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("announced at epoch 2"),
+        "{}",
+        text(&out)
+    );
+    let end = lab.router_routes();
+    assert_eq!(end, again, "nothing above may change the router's view");
+    eprintln!("bgp: whole scenario took {:?}", started.elapsed());
+}
