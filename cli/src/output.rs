@@ -5,7 +5,8 @@
 
 use serde_json::{Value, json};
 use witness_proto::{
-    HistoryReply, ListDirectivesReply, Member, PolicyApplyReply, SiteStatus, StatusReply,
+    AgentStatus, HistoryReply, ListDirectivesReply, Member, PolicyApplyReply, SiteStatus,
+    StatusReply,
 };
 
 /// `status --output json`.
@@ -39,6 +40,12 @@ pub fn status_json(s: &StatusReply) -> Value {
         })),
         "decision": s.decision,
         "sites": s.sites.iter().map(site_json).collect::<Vec<_>>(),
+        "agents": s.agents.iter().map(|a| json!({
+            "agent": a.agent, "site": a.site, "role": a.role, "state": a.state,
+            "state_for_ms": a.state_for_ms, "service_healthy": a.service_healthy,
+            "heard_ms_ago": a.heard_ms_ago, "lease_epoch": a.lease_epoch,
+            "granted_ms_ago": a.granted_ms_ago,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -295,9 +302,39 @@ pub fn status_table(s: &StatusReply) -> String {
         out.push('\n');
         out.push_str(&sites_table(s));
     }
+    if !s.agents.is_empty() {
+        out.push('\n');
+        out.push_str(&agents_table(&s.agents));
+    }
     out.push('\n');
     out.push_str(&members_table(&s.members));
     out
+}
+
+/// One row per agent the leader heard from: its own state, and the lease
+/// this leader last granted it.
+fn agents_table(agents: &[AgentStatus]) -> String {
+    let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            vec![
+                a.agent.clone(),
+                format!("{}/{}", a.site, a.role),
+                format!("{} for {}", a.state, secs(a.state_for_ms)),
+                yes_no(a.service_healthy).to_string(),
+                format!("{} ago", secs(a.heard_ms_ago)),
+                match (a.lease_epoch, a.granted_ms_ago) {
+                    (Some(epoch), Some(ago)) => format!("epoch {epoch}, {} ago", secs(ago)),
+                    _ => "none from this leader".to_string(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["AGENT", "AT", "STATE", "SERVICE OK", "HEARD", "LAST LEASE"],
+        &rows,
+    )
 }
 
 /// One row per (site, witness): what each witness sees and what counts.
@@ -481,6 +518,87 @@ pub fn format_unix_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use witness_proto::{DirectiveInfo, Gate};
+
+    /// The directives table shows each directive's state, claimant and last
+    /// result, the gates, and what to do about a failed one.
+    #[test]
+    fn directives_table_explains_state_and_next_step() {
+        let reply = ListDirectivesReply {
+            epoch: 2,
+            directives: vec![
+                DirectiveInfo {
+                    id: "2/promote".into(),
+                    site: "dc-b".into(),
+                    role: "mailstore".into(),
+                    state: "done".into(),
+                    agent: "mbox2".into(),
+                    attempts: 1,
+                    max_attempts: 3,
+                    description: "promote the accounts of mbox1.example.com (4 threads)".into(),
+                    output_tail: "started\npromoted 12 accounts\n".into(),
+                    exit_code: Some(0),
+                    ..DirectiveInfo::default()
+                },
+                DirectiveInfo {
+                    id: "2/flush-cache".into(),
+                    site: "dc-b".into(),
+                    role: "mailstore".into(),
+                    state: "failed".into(),
+                    agent: "mbox2".into(),
+                    attempts: 1,
+                    max_attempts: 3,
+                    exit_code: Some(1),
+                    last_error: "exited with 1".into(),
+                    ..DirectiveInfo::default()
+                },
+            ],
+            gates: vec![Gate {
+                role: "proxy".into(),
+                directives: vec!["promote".into()],
+                open: true,
+            }],
+        };
+        let text = directives_table(&reply);
+        assert!(text.contains("2/promote"), "{text}");
+        assert!(text.contains("promoted 12 accounts"), "{text}");
+        assert!(text.contains("exit 1: exited with 1"), "{text}");
+        assert!(text.contains("gate: proxy agents run their activate hooks after promote: open"));
+        assert!(text.contains("witnessctl directives retry <ID>"), "{text}");
+        let json = directives_json(&reply);
+        assert_eq!(json["directives"][1]["state"], "failed");
+        assert_eq!(json["gates"][0]["open"], true);
+        assert!(directives_table(&ListDirectivesReply::default()).contains("no directives"));
+    }
+
+    /// Agents show their own state and the last lease the leader granted.
+    #[test]
+    fn agents_table_shows_state_and_last_lease() {
+        let agents = [
+            AgentStatus {
+                agent: "mbox1".into(),
+                site: "dc-a".into(),
+                role: "mailstore".into(),
+                state: "serving".into(),
+                state_for_ms: 61_000,
+                service_healthy: true,
+                heard_ms_ago: 300,
+                lease_epoch: Some(1),
+                granted_ms_ago: Some(300),
+            },
+            AgentStatus {
+                agent: "mbox2".into(),
+                site: "dc-b".into(),
+                role: "mailstore".into(),
+                state: "standby".into(),
+                ..AgentStatus::default()
+            },
+        ];
+        let text = agents_table(&agents);
+        assert!(text.contains("serving for 61.0s"), "{text}");
+        assert!(text.contains("epoch 1, 0.3s ago"), "{text}");
+        assert!(text.contains("none from this leader"), "{text}");
+    }
 
     /// Known instants render as their calendar dates.
     #[test]

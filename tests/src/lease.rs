@@ -449,6 +449,7 @@ async fn renew(shared: Arc<Shared>, spec: LeaseSpec) {
                 service_healthy: shared.healthy.load(Ordering::Relaxed),
                 fence_timeout_ms: 0,
                 watchdog_timeout_ms: 0,
+                ..RenewLeaseRequest::default()
             };
             let client = match clients[i].take() {
                 Some(c) => Ok(c),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod admin;
+pub mod agents;
 pub mod bgp;
 pub mod lease;
 pub mod netcluster;

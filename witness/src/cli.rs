@@ -68,6 +68,33 @@ pub fn import_habeat(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `witness agent check-config --config agent.toml`: validate an agent
+/// file and print its effective configuration.
+pub fn agent_check_config(config: &Path) -> anyhow::Result<()> {
+    let agent = crate::agent::AgentConfig::load(config)?;
+    println!(
+        "# {}: valid agent config ({} at {})",
+        config.display(),
+        agent.agent.role,
+        agent.agent.site
+    );
+    print!("{}", agent.to_toml());
+    Ok(())
+}
+
+/// `witness agent --config agent.toml`: run the agent until SIGTERM or
+/// Ctrl-C.
+pub fn agent(config: &Path) -> anyhow::Result<()> {
+    let agent = crate::agent::AgentConfig::load(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("witness-agent")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(crate::agent::run::run(agent, shutdown_signal()))?;
+    Ok(())
+}
+
 /// `witness init --config node.toml --policy cluster.toml`.
 pub fn init(config: &Path, policy: &Path) -> anyhow::Result<()> {
     let node = NodeConfig::load(config)?;

@@ -1,7 +1,8 @@
 //! The agent: `witness agent`, the process on each HA node (a mailstore, a
-//! proxy, …) that replaces habeat. This module holds its building blocks;
-//! the main loop, the lease renewal and the directive ledger are built on
-//! top of them.
+//! proxy, …) that replaces habeat. [`run`] is its main loop (the verdict
+//! watch, lease renewal, self-fencing, hooks, the serving log) and argues
+//! its safety; [`directive`] executes one directive (claim, run, renew,
+//! report); the other modules are the building blocks they use.
 //!
 //! # What the agent owns
 //!
@@ -43,7 +44,9 @@
 //!   become a command.
 //!
 //! [`config`] is the agent's node-local file (DESIGN.md §2a) and
-//! [`habeat`] turns an existing habeat.yml into one.
+//! [`habeat`] turns an existing habeat.yml into one. [`client`] carries
+//! calls to whichever witness answers; [`serving`] is the serving state
+//! and its JSON-lines log.
 //!
 //! # What it does not do
 //!
@@ -55,11 +58,15 @@
 
 pub mod carbonio;
 pub mod check;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod defaults;
+pub mod directive;
 pub mod habeat;
 pub mod hooks;
+pub mod run;
+pub mod serving;
 pub mod watchdog;
 
 pub use config::{

@@ -69,8 +69,26 @@ enum Command {
         /// The habeat.yml (/etc/habeat/habeat.yml or /etc/hamon/habeat.yml).
         file: PathBuf,
     },
+    /// Run the agent of an HA node (lease, fencing, hooks, directives).
+    Agent {
+        /// The agent's TOML config.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<AgentCommand>,
+    },
     /// Announce or withdraw the service VIP through the local BIRD (proxy hooks).
     Bgp(witness::bgp::BgpArgs),
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Validate the agent config and print the effective config.
+    CheckConfig {
+        /// The agent's TOML config (also accepted before the subcommand).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +106,22 @@ fn main() -> ExitCode {
             reason,
         } => witness::cli::recover(&config, force, &reason),
         Command::ImportHabeat { file } => witness::cli::import_habeat(&file),
+        Command::Agent { config, command } => {
+            let config = match &command {
+                Some(AgentCommand::CheckConfig { config: Some(c) }) => Some(c.clone()),
+                _ => config,
+            };
+            match (config, command) {
+                (None, _) => Err(anyhow::anyhow!(
+                    "missing --config: pass the agent's TOML file, e.g. \
+                     `witness agent --config /etc/witness/agent.toml`"
+                )),
+                (Some(c), None) => witness::cli::agent(&c),
+                (Some(c), Some(AgentCommand::CheckConfig { .. })) => {
+                    witness::cli::agent_check_config(&c)
+                }
+            }
+        }
         // Its own exit codes (documented in witness::bgp) for hook runners.
         Command::Bgp(args) => return witness::bgp::run(&args),
     };

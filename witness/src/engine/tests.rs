@@ -310,6 +310,7 @@ fn agent_veto_only_while_it_reports_healthy() {
             site: "dc-a".into(),
             role: "mailstore".into(),
             state: "serving".into(),
+            state_for_ms: 0,
             service_healthy: healthy,
             age_ms: 0,
         },

@@ -110,6 +110,7 @@ impl AdminService {
             sites: Vec::new(),
             pending: None,
             decision: Vec::new(),
+            agents: Vec::new(),
         }
     }
 
@@ -204,6 +205,25 @@ impl AdminService {
             }
             reply.leader_since_ms =
                 Some(now.saturating_sub(soft.book.term_started()).as_millis() as u64);
+            reply.agents = soft
+                .agents
+                .values()
+                .map(|a| {
+                    let grant = soft.agent_grants.get(&a.report.agent);
+                    AgentStatus {
+                        agent: a.report.agent.clone(),
+                        site: a.report.site.clone(),
+                        role: a.report.role.clone(),
+                        state: a.report.state.clone(),
+                        state_for_ms: a.report.state_for_ms,
+                        service_healthy: a.report.service_healthy,
+                        heard_ms_ago: now.saturating_sub(a.heard_at).as_millis() as u64,
+                        lease_epoch: grant.map(|(epoch, _)| *epoch),
+                        granted_ms_ago: grant
+                            .map(|(_, at)| now.saturating_sub(*at).as_millis() as u64),
+                    }
+                })
+                .collect();
         }
         let shown = if node.is_leader() {
             soft.last_decision.as_ref().unwrap_or(&decision)

@@ -220,6 +220,7 @@ impl Witness for WitnessService {
             site: req.site.clone(),
             role: req.role.clone(),
             state: req.state.clone(),
+            state_for_ms: req.state_for_ms,
             service_healthy: req.service_healthy,
             age_ms: 0,
         });
@@ -323,22 +324,26 @@ impl Witness for WitnessService {
                 {
                     return refuse(why);
                 }
-                let ttl = state
+                let spec = state
                     .ledger
                     .directives
                     .iter()
                     .find(|d| d.spec.name == req.name)
-                    .map_or(0, |d| d.spec.claim_ttl_ms);
+                    .map(|d| (d.spec.claim_ttl_ms, d.spec.best_effort));
                 let Some(policy) = state.policy.clone() else {
                     return refuse("no policy committed yet".into());
                 };
-                (term, policy, ttl)
+                (term, policy, spec.unwrap_or_default())
             }
             Fresh::Stale(why) => return refuse(why),
         };
-        if let Err(why) =
-            self.node
-                .check_agent_lease(term, &req.agent, req.epoch, policy.lease.lease_ttl)
+        let (spec_ttl, best_effort) = spec_ttl;
+        // A best-effort directive is aimed at the site that lost: its agents
+        // hold no lease at the new epoch, and it only stops things there.
+        if !best_effort
+            && let Err(why) =
+                self.node
+                    .check_agent_lease(term, &req.agent, req.epoch, policy.lease.lease_ttl)
         {
             return refuse(why);
         }
@@ -415,18 +420,19 @@ impl Witness for WitnessService {
             .as_ref()
             .map(|p| p.lease.lease_ttl)
             .unwrap_or_default();
-        if let Err(why) = self
-            .node
-            .check_agent_lease(term, &req.agent, req.epoch, lease_ttl)
-        {
-            return refuse(why);
-        }
-        let ttl = state
+        let (ttl, best_effort) = state
             .ledger
             .directives
             .iter()
             .find(|d| d.spec.name == req.name)
-            .map_or(0, |d| d.spec.claim_ttl_ms);
+            .map_or((0, false), |d| (d.spec.claim_ttl_ms, d.spec.best_effort));
+        if !best_effort
+            && let Err(why) = self
+                .node
+                .check_agent_lease(term, &req.agent, req.epoch, lease_ttl)
+        {
+            return refuse(why);
+        }
         self.node.arm_claim(
             req.epoch,
             &req.name,

@@ -15,7 +15,9 @@
 //!   done, and only while it is `pending`: one claim at a time, so two
 //!   agents never hold it at once. The leader proposes a claim only for an
 //!   agent holding a valid lease at that epoch (the state machine cannot
-//!   read clocks). Each claim gets a new *generation*, strictly increasing
+//!   read clocks) — except for a best-effort directive, which is aimed at
+//!   the site that lost: its agents hold no lease at the new epoch by
+//!   design, and such a directive only stops things there. Each claim gets a new *generation*, strictly increasing
 //!   per directive, including across operator retries.
 //! - **Report.** Carries the claim's generation. A report for anything but
 //!   the current claim — an older generation, a finished directive, another

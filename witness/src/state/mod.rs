@@ -191,6 +191,9 @@ pub struct AgentReport {
     pub site: String,
     pub role: String,
     pub state: String,
+    /// How long it had been in `state`, by its own clock.
+    #[serde(default)]
+    pub state_for_ms: u64,
     pub service_healthy: bool,
     /// How long ago the leader heard it, in ms, when the report was taken.
     pub age_ms: u64,

@@ -368,6 +368,7 @@ async fn run_agent(site: &'static SiteSpec, grants: Arc<Mutex<Vec<Grant>>>) -> t
                 service_healthy: healthy,
                 fence_timeout_ms: 500,
                 watchdog_timeout_ms: 0,
+                ..RenewLeaseRequest::default()
             };
             let sent = sim_now();
             let mut client = clients[w].clone();

@@ -1,0 +1,355 @@
+//! Real `witness agent` processes for end-to-end tests.
+//!
+//! An [`AgentLab`] is a temp dir with the fake Carbonio CLI under both of
+//! its names (`carbonio`, `zmprov`), a call log it appends to, and a hook
+//! log every agent's hooks append to (`<hook> <epoch> <agent>
+//! <realtime_ns>`, one line per run). Each [`AgentProc`] is one agent with
+//! its own config, stderr log and serving-state log; it is killed (and its
+//! process reaped) on drop, also when a test fails, and its log tail is
+//! printed then.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::witness_bin;
+
+/// `CLOCK_BOOTTIME` in milliseconds: the clock of the agents' state logs
+/// and of the fake Carbonio's `boottime_ns`, shared by every process here.
+pub fn boottime_ms() -> u64 {
+    witness::agent::clock::boottime().as_millis() as u64
+}
+
+/// Realtime nanoseconds (the hook log's and the fake CLI's `realtime_ns`).
+pub fn realtime_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Send `sig` to `pid` (negative: a process group).
+pub fn signal(pid: i64, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the tests only
+    // signal their own children and those children's process groups.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// The process group of `pid` (a command the agent ran leads its own
+/// group; the fake CLI runs under `runuser`, which leads it).
+pub fn pgid_of(pid: u64) -> i64 {
+    // SAFETY: getpgid(2) has no memory-safety preconditions.
+    #[allow(unsafe_code)]
+    let pgid = unsafe { libc::getpgid(pid as libc::pid_t) };
+    assert!(pgid > 0, "process {pid} has no process group (it exited)");
+    i64::from(pgid)
+}
+
+/// One agent to start.
+#[derive(Clone, Debug)]
+pub struct AgentSpec {
+    pub name: String,
+    pub site: String,
+    pub role: String,
+    /// Extra environment for the agent (and so for its commands), e.g.
+    /// `FAKE_CARBONIO_SLEEP_MS`.
+    pub env: Vec<(String, String)>,
+}
+
+impl AgentSpec {
+    pub fn new(name: &str, site: &str, role: &str) -> AgentSpec {
+        AgentSpec {
+            name: name.into(),
+            site: site.into(),
+            role: role.into(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> AgentSpec {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// One line of the hook log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookRun {
+    pub hook: String,
+    pub epoch: u64,
+    pub agent: String,
+    pub realtime_ns: u128,
+}
+
+/// The shared files of a test's agents.
+pub struct AgentLab {
+    pub dir: tempfile::TempDir,
+}
+
+impl AgentLab {
+    /// `fake_carbonio` is the path of the fake CLI binary
+    /// (`env!("CARGO_BIN_EXE_fake_carbonio")` in a test).
+    pub fn new(fake_carbonio: &str) -> AgentLab {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for name in ["carbonio", "zmprov"] {
+            std::os::unix::fs::symlink(fake_carbonio, dir.path().join(name))
+                .expect("symlink the fake Carbonio CLI");
+        }
+        AgentLab { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn hook_log(&self) -> PathBuf {
+        self.path("hooks.log")
+    }
+
+    pub fn carbonio_log(&self) -> PathBuf {
+        self.path("carbonio.jsonl")
+    }
+
+    /// The agent file of `spec`: every hook appends to the hook log; the
+    /// Carbonio CLI is the fake one, run as root (the tests run as root,
+    /// so the agent switches users with the real runuser); no watchdog.
+    pub fn config(&self, spec: &AgentSpec, witnesses: &[String]) -> String {
+        let hook = |timeout: &str| {
+            format!(
+                "{{ argv = [\"/bin/sh\", \"-c\", \"echo $WITNESS_HOOK $WITNESS_EPOCH \
+                 $WITNESS_AGENT $(date +%s%N) >> {}\"], timeout = \"{timeout}\" }}",
+                self.hook_log().display()
+            )
+        };
+        let witnesses: Vec<String> = witnesses.iter().map(|w| format!("{w:?}")).collect();
+        let mut s = format!(
+            "[agent]\nname = \"{}\"\nsite = \"{}\"\nrole = \"{}\"\nwitnesses = [{}]\n\
+             fence_timeout = \"1s\"\nstate_log = \"{}\"\n\n\
+             [hooks]\nactivate = [{}]\ndeactivate = [{}]\nfence = [{}]\nunfence = [{}]\n\n\
+             [watchdog]\nmode = \"off\"\n",
+            spec.name,
+            spec.site,
+            spec.role,
+            witnesses.join(", "),
+            self.state_log(&spec.name).display(),
+            hook("5s"),
+            hook("5s"),
+            hook("900ms"),
+            hook("5s"),
+        );
+        if spec.role == "mailstore" {
+            s.push_str(&format!(
+                "\n[carbonio]\ncarbonio = \"{}\"\nzmprov = \"{}\"\nuser = \"root\"\n\
+                 mail_host = \"mbox.{}.test\"\n",
+                self.path("carbonio").display(),
+                self.path("zmprov").display(),
+                spec.site
+            ));
+        }
+        s
+    }
+
+    pub fn state_log(&self, agent: &str) -> PathBuf {
+        self.path(&format!("{agent}.state.jsonl"))
+    }
+
+    /// Write `spec`'s config and start `witness agent` on it.
+    pub fn start(&self, spec: &AgentSpec, witnesses: &[String]) -> AgentProc {
+        let config = self.path(&format!("{}.toml", spec.name));
+        fs::write(&config, self.config(spec, witnesses)).expect("write agent config");
+        let log_path = self.path(&format!("{}.log", spec.name));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open agent log");
+        let mut cmd = Command::new(witness_bin());
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(&config)
+            .env("WITNESS_LOG", "info")
+            .env("FAKE_CARBONIO_LOG", self.carbonio_log())
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn witness agent");
+        AgentProc {
+            name: spec.name.clone(),
+            log_path,
+            state_log: self.state_log(&spec.name),
+            child: Some(child),
+        }
+    }
+
+    /// Every hook run so far.
+    pub fn hook_runs(&self) -> Vec<HookRun> {
+        fs::read_to_string(self.hook_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some(HookRun {
+                    hook: w.next()?.to_string(),
+                    epoch: w.next()?.parse().ok()?,
+                    agent: w.next()?.to_string(),
+                    realtime_ns: w.next()?.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// The runs of `hook` by `agent`.
+    pub fn runs_of(&self, hook: &str, agent: &str) -> Vec<HookRun> {
+        self.hook_runs()
+            .into_iter()
+            .filter(|r| r.hook == hook && r.agent == agent)
+            .collect()
+    }
+
+    /// Every line the fake Carbonio CLI logged.
+    pub fn carbonio_calls(&self) -> Vec<Value> {
+        fs::read_to_string(self.carbonio_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The `start` lines of calls whose argv contains `word`.
+    pub fn carbonio_starts(&self, word: &str) -> Vec<Value> {
+        self.carbonio_calls()
+            .into_iter()
+            .filter(|c| c["event"] == "start" && argv_has(c, word))
+            .collect()
+    }
+
+    /// The `end` line of the call with `pid`, if it finished.
+    pub fn carbonio_end(&self, pid: u64) -> Option<Value> {
+        self.carbonio_calls()
+            .into_iter()
+            .find(|c| c["event"] == "end" && c["pid"] == pid)
+    }
+}
+
+fn argv_has(call: &Value, word: &str) -> bool {
+    call["argv"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x == word))
+}
+
+/// A number carried as a decimal string (the fake CLI's clocks).
+pub fn ns(v: &Value) -> u128 {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// One running `witness agent`.
+pub struct AgentProc {
+    pub name: String,
+    pub log_path: PathBuf,
+    pub state_log: PathBuf,
+    child: Option<Child>,
+}
+
+impl AgentProc {
+    pub fn pid(&self) -> i64 {
+        self.child.as_ref().map_or(0, |c| i64::from(c.id()))
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT.
+    pub fn pause(&self) {
+        signal(self.pid(), libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid(), libc::SIGCONT);
+    }
+
+    /// SIGTERM; whether it exited with success within `within`.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        signal(i64::from(child.id()), libc::SIGCONT);
+        signal(i64::from(child.id()), libc::SIGTERM);
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its stderr log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Its serving-state log: `{at_unix_ms, boottime_ms, state, epoch, reason}`.
+    pub fn states(&self) -> Vec<Value> {
+        read_states(&self.state_log)
+    }
+
+    /// The first state change to `state` at `epoch` (any epoch: `None`).
+    pub fn first(&self, state: &str, epoch: Option<u64>) -> Option<Value> {
+        self.states()
+            .into_iter()
+            .find(|s| s["state"] == state && epoch.is_none_or(|e| s["epoch"] == e))
+    }
+
+    /// Its current serving state, per its log.
+    pub fn state(&self) -> Option<String> {
+        self.states()
+            .last()
+            .and_then(|s| s["state"].as_str().map(str::to_string))
+    }
+}
+
+fn read_states(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped process must be continued to die promptly.
+            signal(i64::from(child.id()), libc::SIGCONT);
+        }
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("----- last lines of agent {} log -----", self.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+            eprintln!("----- agent {} states -----", self.name);
+            for s in self.states() {
+                eprintln!("{s}");
+            }
+        }
+    }
+}

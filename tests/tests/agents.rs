@@ -1,0 +1,462 @@
+//! `witness agent` over real processes: three witnesses on loopback, fake
+//! site services, real agents whose hooks append to a file, and the fake
+//! Carbonio CLI recording every call.
+//!
+//! Bounds are the protocol's timers (lease_ttl 3 s, renew 400 ms,
+//! margin 1 s, claim_ttl 3 s) plus generous slack for a loaded machine;
+//! nothing here measures performance.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use witness_e2e::agents::*;
+use witness_e2e::*;
+
+const FAKE: &str = env!("CARGO_BIN_EXE_fake_carbonio");
+
+/// The policy's lease_ttl (Sites::policy).
+const LEASE_TTL_MS: u64 = 3_000;
+/// The directives' claim TTL in these tests.
+const CLAIM_TTL: &str = "3s";
+/// Detection, the lease wait and the commits, with slack (as verdict.rs).
+const FAILOVER_BOUND: Duration = Duration::from_secs(40);
+/// Time for agents to connect, renew and run their hooks.
+const AGENT_SETTLE: Duration = Duration::from_secs(20);
+/// Allowed lateness of a fence past its lease deadline: the agent's tick
+/// (100 ms), the fence hook itself, and scheduling on a busy machine.
+const FENCE_SLACK_MS: u64 = 1_500;
+
+fn policy(sites: &Sites) -> String {
+    sites.policy(&format!(
+        "[directives]\nclaim_ttl = \"{CLAIM_TTL}\"\nmax_attempts = 5\n"
+    ))
+}
+
+fn witnesses(c: &Cluster) -> Vec<String> {
+    c.nodes.iter().map(|n| n.addr()).collect()
+}
+
+/// The current epoch's directive `name` from `witnessctl directives list`.
+fn directive(c: &Cluster, name: &str) -> Option<Value> {
+    let out = c.ctl(&["--timeout", "3s", "--output", "json", "directives", "list"]);
+    if !out.status.success() {
+        return None;
+    }
+    let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+    list["directives"]
+        .as_array()?
+        .iter()
+        .find(|d| d["name"] == name)
+        .cloned()
+}
+
+fn wait_state(agent: &AgentProc, state: &str, epoch: Option<u64>, within: Duration) -> Value {
+    wait_until(
+        within,
+        &format!("agent {} to be {state} at {epoch:?}", agent.name),
+        || agent.first(state, epoch),
+    )
+}
+
+/// A dead site is failed over; the surviving site's mailstore agent runs
+/// the promotion exactly once, at the new epoch, with the dead site's
+/// mail host; its proxy runs `activate` only after the promotion is done;
+/// and the dead site's agents fenced before any agent of the new site
+/// started serving (the serving logs, on the shared BOOTTIME clock).
+#[test]
+fn site_dies_other_site_promotes_once_and_proxy_activates_after_promotion() {
+    let mut sites = Sites::start();
+    let c = Cluster::running(3, "", &policy(&sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    let mbox_a = lab.start(&AgentSpec::new("mbox-a", "dc-a", "mailstore"), &w);
+    let proxy_a = lab.start(&AgentSpec::new("proxy-a", "dc-a", "proxy"), &w);
+    let mbox_b = lab.start(&AgentSpec::new("mbox-b", "dc-b", "mailstore"), &w);
+    let proxy_b = lab.start(&AgentSpec::new("proxy-b", "dc-b", "proxy"), &w);
+    wait_until(AGENT_SETTLE, "dc-a's agents activated at epoch 1", || {
+        (!lab.runs_of("activate", "proxy-a").is_empty()
+            && !lab.runs_of("activate", "mbox-a").is_empty())
+        .then_some(())
+    });
+    wait_state(&mbox_b, "standby", Some(1), AGENT_SETTLE);
+    wait_state(&proxy_b, "standby", Some(1), AGENT_SETTLE);
+    assert!(
+        lab.runs_of("deactivate", "proxy-b")
+            .iter()
+            .all(|r| r.epoch == 1),
+        "standby agents deactivate at epoch 1"
+    );
+
+    sites.kill('a');
+    c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+    let done = wait_until(SETTLE, "2/promote done", || {
+        directive(&c, "promote").filter(|d| d["state"] == "done")
+    });
+    assert_eq!(done["agent"], "mbox-b", "{done}");
+    let activated = wait_until(SETTLE, "proxy-b activated at epoch 2", || {
+        lab.runs_of("activate", "proxy-b")
+            .into_iter()
+            .find(|r| r.epoch == 2)
+    });
+
+    // Exactly one promotion, at epoch 2, of the dead site's mail host.
+    let promotions = lab.carbonio_starts("promoteAccounts");
+    assert_eq!(promotions.len(), 1, "{promotions:#?}");
+    let p = &promotions[0];
+    assert_eq!(p["epoch"], "2");
+    assert_eq!(p["directive_id"], "2/promote");
+    let argv: Vec<&str> = p["argv"]
+        .as_array()
+        .expect("argv")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        argv,
+        [
+            "--sync",
+            "ha",
+            "promoteAccounts",
+            "source_mail_host",
+            "mbox.dc-a.test",
+            "threads",
+            "4"
+        ]
+    );
+    let pid = p["pid"].as_u64().expect("pid");
+    let end = lab.carbonio_end(pid).expect("the promotion finished");
+    assert!(
+        activated.realtime_ns > ns(&end["realtime_ns"]),
+        "proxy-b activated at {} before the promotion ended at {}",
+        activated.realtime_ns,
+        ns(&end["realtime_ns"])
+    );
+
+    // The old site fenced before the new one served.
+    let fenced: Vec<u64> = [&mbox_a, &proxy_a]
+        .iter()
+        .map(|a| {
+            wait_state(a, "fenced", None, SETTLE)["boottime_ms"]
+                .as_u64()
+                .expect("ms")
+        })
+        .collect();
+    let serving: Vec<u64> = [&mbox_b, &proxy_b]
+        .iter()
+        .map(|a| {
+            wait_state(a, "serving", Some(2), SETTLE)["boottime_ms"]
+                .as_u64()
+                .expect("ms")
+        })
+        .collect();
+    let last_fence = fenced.iter().max().copied().unwrap_or(0);
+    let first_serve = serving.iter().min().copied().unwrap_or(u64::MAX);
+    assert!(
+        last_fence <= first_serve,
+        "dc-a fenced at {fenced:?} but dc-b served from {serving:?}"
+    );
+    assert!(
+        lab.runs_of("activate", "mbox-b")
+            .iter()
+            .any(|r| r.epoch == 2),
+        "the new site's mailstore activates at epoch 2"
+    );
+}
+
+/// The active site cut off from every witness (all three killed) fences
+/// itself within lease_ttl of its last grant, by its own clock; when the
+/// witnesses return, the healthy site is granted a lease at the same epoch
+/// and unfences.
+#[test]
+fn site_cut_off_from_witnesses_fences_in_time_and_unfences_when_they_return() {
+    let sites = Sites::start();
+    let mut c = Cluster::running(3, "", &policy(&sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    let agents = [
+        lab.start(&AgentSpec::new("mbox-a", "dc-a", "mailstore"), &w),
+        lab.start(&AgentSpec::new("proxy-a", "dc-a", "proxy"), &w),
+    ];
+    for a in &agents {
+        wait_state(a, "serving", Some(1), AGENT_SETTLE);
+    }
+    // Leases are renewed every 400 ms; let a few rounds pass.
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Every grant was sent before this instant.
+    let cut_ms = boottime_ms();
+    for id in [1, 2, 3] {
+        c.kill(id);
+    }
+    for a in &agents {
+        let fenced = wait_state(a, "fenced", Some(1), SETTLE);
+        let at = fenced["boottime_ms"].as_u64().expect("ms");
+        assert!(
+            at <= cut_ms + LEASE_TTL_MS + FENCE_SLACK_MS,
+            "{} fenced at boot+{at} ms, more than lease_ttl after the cut at boot+{cut_ms} ms",
+            a.name
+        );
+        assert!(
+            lab.runs_of("fence", &a.name).iter().any(|r| r.epoch == 1),
+            "{} ran its fence hook",
+            a.name
+        );
+    }
+
+    for id in [1, 2, 3] {
+        c.start(id);
+    }
+    for a in &agents {
+        wait_until(SETTLE, &format!("{} serving again", a.name), || {
+            (a.state().as_deref() == Some("serving")).then_some(())
+        });
+        let states: Vec<String> = a
+            .states()
+            .iter()
+            .filter_map(|s| s["state"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(
+            states,
+            ["starting", "serving", "fenced", "serving"],
+            "{}",
+            a.name
+        );
+        wait_until(SETTLE, &format!("{} unfenced", a.name), || {
+            lab.runs_of("unfence", &a.name)
+                .into_iter()
+                .find(|r| r.epoch == 1)
+        });
+    }
+    let s = c.status().expect("status");
+    assert_eq!(
+        (s["active_site"].as_str(), s["epoch"].as_u64()),
+        (Some("dc-a"), Some(1))
+    );
+}
+
+/// Start dc-b with two mailstore agents whose promotion takes `sleep_ms`,
+/// kill dc-a, and wait for the first promotion to start. Returns the
+/// cluster, the agents, and the first promotion's start line.
+fn failover_with_slow_promotion(
+    sites: &mut Sites,
+    lab: &AgentLab,
+    sleep_ms: u64,
+) -> (Cluster, Vec<AgentProc>, Value) {
+    let c = Cluster::running(3, "", &policy(sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let w = witnesses(&c);
+    let sleep = sleep_ms.to_string();
+    let agents: Vec<AgentProc> = ["mbox-b1", "mbox-b2"]
+        .iter()
+        .map(|name| {
+            let spec =
+                AgentSpec::new(name, "dc-b", "mailstore").env("FAKE_CARBONIO_SLEEP_MS", &sleep);
+            lab.start(&spec, &w)
+        })
+        .collect();
+    for a in &agents {
+        wait_state(a, "standby", Some(1), AGENT_SETTLE);
+    }
+    sites.kill('a');
+    c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+    let first = wait_until(SETTLE, "the first promotion to start", || {
+        lab.carbonio_starts("promoteAccounts").into_iter().next()
+    });
+    (c, agents, first)
+}
+
+/// The claimant of a directive dies in the middle of it (SIGKILL of the
+/// agent and of its command's process group, as a node crash or the
+/// watchdog's reboot would): the claim expires on the leader and the other
+/// mailstore agent of the site runs it, at generation 2, never while the
+/// first run was alive.
+#[test]
+fn claimant_killed_mid_directive_claim_expires_and_another_agent_retries() {
+    let mut sites = Sites::start();
+    let lab = AgentLab::new(FAKE);
+    let (c, mut agents, first) = failover_with_slow_promotion(&mut sites, &lab, 6_000);
+    let claimant = wait_until(SETTLE, "the promotion's claimant", || {
+        directive(&c, "promote")
+            .filter(|d| d["state"] == "claimed")
+            .and_then(|d| d["agent"].as_str().map(str::to_string))
+    });
+    let pid = first["pid"].as_u64().expect("pid");
+    let group = pgid_of(pid);
+    let i = agents
+        .iter()
+        .position(|a| a.name == claimant)
+        .expect("a known agent");
+    agents[i].kill();
+    signal(-group, libc::SIGKILL);
+    let killed_ms = boottime_ms();
+    let other = &agents[1 - i];
+
+    let done = wait_until(Duration::from_secs(60), "2/promote done", || {
+        directive(&c, "promote").filter(|d| d["state"] == "done")
+    });
+    assert_eq!(done["agent"].as_str(), Some(other.name.as_str()), "{done}");
+    assert_eq!(done["generation"], 2, "{done}");
+
+    let starts = lab.carbonio_starts("promoteAccounts");
+    assert_eq!(starts.len(), 2, "{starts:#?}");
+    assert!(
+        lab.carbonio_end(pid).is_none(),
+        "the first run was killed: {:#?}",
+        lab.carbonio_calls()
+    );
+    let second = &starts[1];
+    assert_eq!(second["epoch"], "2");
+    let second_start_ms = (ns(&second["boottime_ns"]) / 1_000_000) as u64;
+    assert!(
+        second_start_ms >= killed_ms,
+        "the retry started at boot+{second_start_ms} ms, while the first run was alive \
+         (killed at boot+{killed_ms} ms)"
+    );
+    let second_pid = second["pid"].as_u64().expect("pid");
+    assert!(lab.carbonio_end(second_pid).is_some(), "the retry finished");
+}
+
+/// A claimant frozen (SIGSTOP, with its command) past its claim's expiry
+/// loses the directive to the other agent, which completes it; when it
+/// resumes, it kills its own command by its own deadline and its late
+/// report (generation 1) is refused: the directive stays done once, by
+/// generation 2.
+#[test]
+fn late_report_of_an_older_generation_is_ignored() {
+    let mut sites = Sites::start();
+    let lab = AgentLab::new(FAKE);
+    let (c, agents, first) = failover_with_slow_promotion(&mut sites, &lab, 6_000);
+    let claimant = wait_until(SETTLE, "the promotion's claimant", || {
+        directive(&c, "promote")
+            .filter(|d| d["state"] == "claimed")
+            .and_then(|d| d["agent"].as_str().map(str::to_string))
+    });
+    let pid = first["pid"].as_u64().expect("pid");
+    let i = agents
+        .iter()
+        .position(|a| a.name == claimant)
+        .expect("a known agent");
+    let frozen = &agents[i];
+    let other = &agents[1 - i];
+    let group = pgid_of(pid);
+    frozen.pause();
+    signal(-group, libc::SIGSTOP);
+
+    let done = wait_until(
+        Duration::from_secs(60),
+        "2/promote done by the other",
+        || directive(&c, "promote").filter(|d| d["state"] == "done"),
+    );
+    assert_eq!(done["agent"].as_str(), Some(other.name.as_str()), "{done}");
+    assert_eq!(done["generation"], 2, "{done}");
+
+    // The agent first: it must kill its still-stopped command by its own
+    // deadline (SIGKILL reaches a stopped process). Had the command been
+    // resumed first it could finish before the agent runs again: a frozen
+    // machine is bounded only by the outside fence, and commands are
+    // idempotent by contract.
+    frozen.resume();
+    wait_until(SETTLE, "the frozen agent to kill its command", || {
+        frozen
+            .log()
+            .contains("the command was killed")
+            .then_some(())
+    });
+    signal(-group, libc::SIGCONT);
+    wait_until(
+        SETTLE,
+        "the frozen agent's late report to be refused",
+        || {
+            frozen
+                .log()
+                .contains("(generation 1) was ignored")
+                .then_some(())
+        },
+    );
+    // Its command never finished: killed with its process group.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        lab.carbonio_end(pid).is_none(),
+        "{:#?}",
+        lab.carbonio_calls()
+    );
+    let starts = lab.carbonio_starts("promoteAccounts");
+    assert_eq!(starts.len(), 2, "one run per claim: {starts:#?}");
+    let after = directive(&c, "promote").expect("directive");
+    assert_eq!(
+        (&after["state"], &after["generation"], &after["agent"]),
+        (&Value::from("done"), &Value::from(2), &done["agent"]),
+        "{after}"
+    );
+    // The frozen agent's lease lapsed while it was stopped; it fenced on
+    // resuming, and serves again with a new grant.
+    wait_until(SETTLE, "the frozen agent serving again", || {
+        (frozen.state().as_deref() == Some("serving")).then_some(())
+    });
+    assert!(frozen.first("fenced", Some(2)).is_some());
+}
+
+/// SIGTERM stops an agent cleanly (exit 0): a serving agent runs its fence
+/// hooks first (once stopped it could no longer fence), a standby agent
+/// fences nothing.
+#[test]
+fn clean_stop_fences_only_a_serving_agent() {
+    let sites = Sites::start();
+    let c = Cluster::running(3, "", &policy(&sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    let mut serving = lab.start(&AgentSpec::new("proxy-a", "dc-a", "proxy"), &w);
+    let mut standby = lab.start(&AgentSpec::new("proxy-b", "dc-b", "proxy"), &w);
+    wait_state(&serving, "serving", Some(1), AGENT_SETTLE);
+    wait_state(&standby, "standby", Some(1), AGENT_SETTLE);
+
+    assert!(serving.terminate(SETTLE), "proxy-a exits 0 on SIGTERM");
+    assert!(standby.terminate(SETTLE), "proxy-b exits 0 on SIGTERM");
+    assert_eq!(lab.runs_of("fence", "proxy-a").len(), 1);
+    assert_eq!(serving.state().as_deref(), Some("fenced"));
+    assert!(lab.runs_of("fence", "proxy-b").is_empty());
+    assert_eq!(standby.state().as_deref(), Some("standby"));
+}
+
+/// The best-effort stop of the losing site's HA module runs on that site's
+/// mailstore agent, which holds no lease at the new epoch (it fenced): the
+/// claim is accepted without one, the command runs once at the new epoch,
+/// and the directive is done.
+#[test]
+fn best_effort_stop_of_the_old_sites_ha_module_runs_without_a_lease() {
+    let mut sites = Sites::start();
+    let c = Cluster::running(
+        3,
+        "",
+        &sites.policy(&format!(
+            "[directives]\nclaim_ttl = \"{CLAIM_TTL}\"\nmax_attempts = 5\n\
+             stop_ha_module_on_old_site = true\n"
+        )),
+    );
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    let mbox_a = lab.start(&AgentSpec::new("mbox-a", "dc-a", "mailstore"), &w);
+    let _mbox_b = lab.start(&AgentSpec::new("mbox-b", "dc-b", "mailstore"), &w);
+    wait_state(&mbox_a, "serving", Some(1), AGENT_SETTLE);
+
+    sites.kill('a');
+    c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+    let done = wait_until(SETTLE, "2/stop-ha-module done", || {
+        directive(&c, "stop-ha-module").filter(|d| d["state"] == "done")
+    });
+    assert_eq!(done["agent"], "mbox-a", "{done}");
+    assert_eq!(done["best_effort"], true);
+    let stops = lab.carbonio_starts("doStopService");
+    assert_eq!(stops.len(), 1, "{stops:#?}");
+    assert_eq!(stops[0]["epoch"], "2");
+    assert_eq!(stops[0]["directive_id"], "2/stop-ha-module");
+    assert!(
+        mbox_a.first("fenced", None).is_some() || mbox_a.first("standby", Some(2)).is_some(),
+        "the old site's agent no longer serves: {:#?}",
+        mbox_a.states()
+    );
+}
