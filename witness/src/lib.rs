@@ -13,6 +13,7 @@ pub mod driver;
 pub mod engine;
 pub mod node;
 pub mod probe;
+pub(crate) mod process;
 pub mod raft;
 pub mod server;
 pub mod sim;

@@ -49,6 +49,7 @@ use tokio::io::AsyncReadExt;
 
 use super::clock::{BootInstant, Deadline};
 use super::config::HookCommand;
+use crate::process::GroupKiller;
 
 /// Bytes of combined stdout+stderr kept from a command: its last 4 KiB.
 pub const OUTPUT_TAIL: usize = 4096;
@@ -180,7 +181,7 @@ pub async fn run_argv(
     };
     // Armed from here: if this future is dropped at any await below, the
     // whole group is killed.
-    let mut group = GroupKiller::new(pid);
+    let mut group = GroupKiller::new(Some(pid));
 
     let tail = Mutex::new(Tail::default());
     let stdout = child.stdout.take();
@@ -411,45 +412,6 @@ fn wait_exit_nowait(pid: u32) -> io::Result<()> {
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
-    }
-}
-
-/// Kills a command's process group unless disarmed: on [`kill`](Self::kill)
-/// and when dropped (the caller dropped our future).
-struct GroupKiller {
-    pgid: Option<libc::pid_t>,
-}
-
-impl GroupKiller {
-    fn new(pid: u32) -> GroupKiller {
-        GroupKiller {
-            pgid: libc::pid_t::try_from(pid).ok().filter(|p| *p > 0),
-        }
-    }
-
-    /// SIGKILL the group; stays armed (a second kill is harmless until the
-    /// leader is reaped).
-    fn kill(&self) {
-        if let Some(pgid) = self.pgid {
-            // SAFETY: killpg has no memory effects. `pgid` is the pid of our
-            // child, which leads its own group (process_group(0)) and has
-            // not been reaped, so the id cannot name anybody else's group.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::killpg(pgid, libc::SIGKILL);
-            }
-        }
-    }
-
-    /// The leader was reaped: its pid may be reused, never signal it again.
-    fn disarm(&mut self) {
-        self.pgid = None;
-    }
-}
-
-impl Drop for GroupKiller {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -21,6 +21,7 @@ use futures::future::BoxFuture;
 use tokio::io::AsyncReadExt;
 
 use crate::config::defaults::MAX_PROBE_BODY;
+use crate::process::GroupKiller;
 
 /// Bytes of a command's stderr kept for the operator's error message.
 pub const MAX_COMMAND_OUTPUT: usize = 4096;
@@ -422,7 +423,9 @@ async fn run_command(argv: &[String], timeout: Duration) -> Result<CommandOutput
             group.kill();
             // Reap it now that it is dead; bounded in case it is stuck in
             // the kernel (uninterruptible sleep), where nothing else helps.
-            let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+                group.disarm();
+            }
             return Err(TransportError::Timeout(timeout));
         }
         Ok(Err(e)) => return Err(TransportError::Other(format!("waiting for {program}: {e}"))),
@@ -467,40 +470,4 @@ async fn read_some<R: tokio::io::AsyncRead + Unpin>(
 fn keep(kept: &mut Vec<u8>, bytes: &[u8]) {
     let room = MAX_COMMAND_OUTPUT.saturating_sub(kept.len());
     kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
-}
-
-/// Kills a command's process group unless disarmed: on [`kill`](Self::kill)
-/// or when dropped (the probe's future was cancelled).
-struct GroupKiller {
-    pgid: Option<i32>,
-}
-
-impl GroupKiller {
-    fn new(pid: Option<u32>) -> GroupKiller {
-        GroupKiller {
-            pgid: pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0),
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            // SAFETY: killpg has no memory effects; `pgid` is the group our
-            // child leads (process_group(0)) and the child has not been
-            // reaped yet, so the id cannot name anybody else's group.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::killpg(pgid, libc::SIGKILL);
-            }
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.pgid = None;
-    }
-}
-
-impl Drop for GroupKiller {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
