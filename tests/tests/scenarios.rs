@@ -156,13 +156,7 @@ fn link_between_data_sites_cut(tag: &str, octet: u8, leader: u64) {
     // witness, then the witness site's, then the other data site's. It
     // reports no healthy service, so the agents' veto (DESIGN.md §3.3) plays
     // no part: only the detection quorum can hold the failover.
-    let lease = c.lease_client(
-        "a-mbox",
-        LeaseSpec::new("a-mbox", "dc-a", 1, c.endpoints(&[1, 3, 2])).service_healthy(false),
-    );
-    wait_until(SETTLE, "the agent's first grants", || {
-        (lease.grants().len() >= 3).then_some(())
-    });
+    let lease = unhealthy_dc_a_agent(&c);
 
     let cut = Instant::now();
     let (a, b) = (c.site("dc-a"), c.site("dc-b"));
@@ -247,13 +241,7 @@ fn witness_site_isolated_does_not_fail_over() {
     };
     let window = no_failover_window(&c.policy);
     c.place_leader(3);
-    let lease = c.lease_client(
-        "a-mbox",
-        LeaseSpec::new("a-mbox", "dc-a", 1, c.endpoints(&[1, 3, 2])).service_healthy(false),
-    );
-    wait_until(SETTLE, "the agent's first grants", || {
-        (lease.grants().len() >= 3).then_some(())
-    });
+    let lease = unhealthy_dc_a_agent(&c);
 
     let cut = Instant::now();
     let (dc_c, rest): (Vec<Host>, Vec<Host>) = c
@@ -767,4 +755,18 @@ fn leader_loss_does_not_fence_the_active_site() {
         "the active site's lease ran out during leader changes {lapsed:?}:\n{}",
         lease.describe()
     );
+}
+
+/// dc-a's mailstore agent, renewing through dc-a's witness first, then the
+/// witness site's, then dc-b's, reporting no healthy service (so the
+/// agents' veto plays no part), once it holds its first grants.
+fn unhealthy_dc_a_agent(c: &NetCluster) -> LeaseClient {
+    let lease = c.lease_client(
+        "a-mbox",
+        LeaseSpec::new("a-mbox", "dc-a", 1, c.endpoints(&[1, 3, 2])).service_healthy(false),
+    );
+    wait_until(SETTLE, "the agent's first grants", || {
+        (lease.grants().len() >= 3).then_some(())
+    });
+    lease
 }

@@ -173,18 +173,29 @@ impl Witness for WitnessService {
         tokio::spawn(async move {
             let mut last = None;
             loop {
-                let verdict = verdict_of(&states.borrow_and_update(), true, me);
-                // A change of the verdict or of a directive, not of the index.
-                let key = Verdict {
-                    applied_index: 0,
-                    ..verdict.clone()
-                };
-                if last.as_ref() != Some(&key) {
-                    last = Some(key);
-                    // A full buffer means the watcher stopped reading: drop it.
-                    if tx.try_send(Ok(verdict)).is_err() {
-                        return;
+                // Most applied entries (observations) change neither the
+                // verdict nor a directive: compare those first, and build
+                // and send a message only when one of them changed.
+                let verdict = {
+                    let applied = states.borrow_and_update();
+                    let s = &applied.state;
+                    let key = (
+                        s.verdict.clone(),
+                        s.ledger.directives.clone(),
+                        s.ledger.gates.clone(),
+                    );
+                    if last.as_ref() == Some(&key) {
+                        None
+                    } else {
+                        last = Some(key);
+                        Some(verdict_of(&applied, true, me))
                     }
+                };
+                // A full buffer means the watcher stopped reading: drop it.
+                if let Some(verdict) = verdict
+                    && tx.try_send(Ok(verdict)).is_err()
+                {
+                    return;
                 }
                 tokio::select! {
                     changed = states.changed() => if changed.is_err() { return },
@@ -315,7 +326,7 @@ impl Witness for WitnessService {
                 ..ClaimDirectiveReply::default()
             }))
         };
-        let (term, policy, spec_ttl) = match self.fresh_state(req.epoch).await? {
+        let (term, lease_ttl, spec_ttl) = match self.fresh_state(req.epoch).await? {
             Fresh::Current { term, applied } => {
                 let state = &applied.state;
                 if let Err(why) = state
@@ -330,10 +341,10 @@ impl Witness for WitnessService {
                     .iter()
                     .find(|d| d.spec.name == req.name)
                     .map(|d| (d.spec.claim_ttl_ms, d.spec.best_effort));
-                let Some(policy) = state.policy.clone() else {
+                let Some(policy) = state.policy.as_ref() else {
                     return refuse("no policy committed yet".into());
                 };
-                (term, policy, spec.unwrap_or_default())
+                (term, policy.lease.lease_ttl, spec.unwrap_or_default())
             }
             Fresh::Stale(why) => return refuse(why),
         };
@@ -341,9 +352,9 @@ impl Witness for WitnessService {
         // A best-effort directive is aimed at the site that lost: its agents
         // hold no lease at the new epoch, and it only stops things there.
         if !best_effort
-            && let Err(why) =
-                self.node
-                    .check_agent_lease(term, &req.agent, req.epoch, policy.lease.lease_ttl)
+            && let Err(why) = self
+                .node
+                .check_agent_lease(term, &req.agent, req.epoch, lease_ttl)
         {
             return refuse(why);
         }
