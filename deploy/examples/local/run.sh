@@ -70,7 +70,7 @@ echo "waiting for the cluster to elect a leader and apply its policy…"
 for _ in $(seq 1 100); do
   ready=0
   for port in 7411 7421 7431; do
-    if exec 3<>/dev/tcp/127.0.0.1/$port 2>/dev/null; then
+    if { exec 3<>/dev/tcp/127.0.0.1/$port; } 2>/dev/null; then
       printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3
       grep -q "200 OK" <&3 && ready=$((ready + 1))
       exec 3<&- 3>&-
