@@ -70,13 +70,50 @@ pub fn witnessctl_bin() -> PathBuf {
     bin_dir().join("witnessctl")
 }
 
-/// A free loopback port (bound and released; collisions are retried by the
-/// kernel's ephemeral allocator being unlikely to hand it out again at once).
+/// A loopback port for a server a test will start.
+///
+/// Ports come from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), so an outbound connection made by any
+/// process between this call and the server's bind cannot take the port as
+/// its source port — which an ephemeral port from `bind(:0)` can suffer.
+/// Each test process starts at its own offset in the range and walks it,
+/// skipping ports that are in use right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+
+    let (low, high) = non_ephemeral_range();
+    let span = u32::from(high - low);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let seed = std::process::id().wrapping_mul(2_654_435_761) % span;
+        let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = low + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// The ports below the ephemeral range that tests use: 20000 up to the
+/// range's start (32768 by default).
+fn non_ephemeral_range() -> (u16, u16) {
+    let start = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u16>().ok())
+        })
+        .unwrap_or(32_768);
+    if start > 21_000 {
+        (20_000, start)
+    } else {
+        (10_000, 20_000)
+    }
 }
 
 /// One witness's settings in a test cluster.

@@ -460,3 +460,65 @@ fn best_effort_stop_of_the_old_sites_ha_module_runs_without_a_lease() {
         mbox_a.states()
     );
 }
+
+/// The leader is killed right after it committed `Activate` (while the new
+/// site's promotion is pending or running): a new leader takes over the
+/// ledger, and the promotion still runs exactly once, at the new epoch; the
+/// new site's proxy activates once, after it.
+#[test]
+fn leader_killed_right_after_activate_directives_still_run_once() {
+    let mut sites = Sites::start();
+    let mut c = Cluster::running(3, "", &policy(&sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    let mbox_b = lab.start(
+        &AgentSpec::new("mbox-b", "dc-b", "mailstore").env("FAKE_CARBONIO_SLEEP_MS", "2000"),
+        &w,
+    );
+    let proxy_b = lab.start(&AgentSpec::new("proxy-b", "dc-b", "proxy"), &w);
+    wait_state(&mbox_b, "standby", Some(1), AGENT_SETTLE);
+    wait_state(&proxy_b, "standby", Some(1), AGENT_SETTLE);
+
+    sites.kill('a');
+    c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+    let leader = c.wait_for_leader(&[1, 2, 3], SETTLE);
+    c.kill(leader);
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let new_leader = c.wait_for_leader(&rest, SETTLE);
+    assert_ne!(new_leader, leader);
+
+    let done = wait_until(Duration::from_secs(60), "2/promote done", || {
+        directive(&c, "promote").filter(|d| d["state"] == "done")
+    });
+    assert_eq!(done["agent"], "mbox-b", "{done}");
+    let activated = wait_until(SETTLE, "proxy-b activated at epoch 2", || {
+        lab.runs_of("activate", "proxy-b")
+            .into_iter()
+            .find(|r| r.epoch == 2)
+    });
+
+    let promotions = lab.carbonio_starts("promoteAccounts");
+    assert_eq!(
+        promotions.len(),
+        1,
+        "promoted more than once: {promotions:#?}"
+    );
+    assert_eq!(promotions[0]["epoch"], "2");
+    let end = lab
+        .carbonio_end(promotions[0]["pid"].as_u64().expect("pid"))
+        .expect("the promotion finished");
+    assert!(
+        activated.realtime_ns > ns(&end["realtime_ns"]),
+        "proxy-b activated before the promotion ended"
+    );
+    // Give a duplicate the time to show up: another renew cycle or two.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lab.carbonio_starts("promoteAccounts").len(), 1);
+    let activations: Vec<_> = lab
+        .runs_of("activate", "proxy-b")
+        .into_iter()
+        .filter(|r| r.epoch == 2)
+        .collect();
+    assert_eq!(activations.len(), 1, "{activations:#?}");
+}

@@ -13,34 +13,41 @@
 //!
 //! Running it:
 //! - `cargo test -p witness --test sim`: the default number of seeds
-//!   (`DEFAULT_SEEDS`), split over the machine's cores.
+//!   (`DEFAULT_SEEDS`), split over the machine's cores, each seed in its
+//!   own process of this test binary (see `run_in_child` for why).
 //! - `WITNESS_SIM_SEEDS=5000`: more seeds; `WITNESS_SIM_FIRST_SEED=n` moves
 //!   the range.
 //! - `WITNESS_SIM_SEED=n`: exactly seed `n`, with its fault log, printed
-//!   trace hash and a second run to compare the hash with. Add
-//!   `RUST_LOG=witness=debug` for the nodes' logs.
-//! - Exact replay also needs tokio's randomness seeded, which turmoil does
-//!   only in a `--cfg tokio_unstable` build (`witness/tests/sim/replay.sh SEED`).
+//!   trace hash and a second run (in a fresh process) to compare the hash
+//!   with. Add
+//!   `RUST_LOG=witness=debug` for the nodes' logs, `WITNESS_SIM_TRACE=1`
+//!   for every event the trace hash covers.
+//! - Exact replay needs tokio's randomness (the branch order of `select!`)
+//!   seeded too, which turmoil does only in a `--cfg tokio_unstable` build:
+//!   the workspace's `.cargo/config.toml` sets it for every build, and
+//!   `a_seed_replays_to_the_same_trace` checks that a seed replays exactly.
 //!
 //! Each seed simulates about 22 s: the bootstrap (election, policy, first
 //! activation of `dc-a`), 14 s of faults starting 1–4 s in (at most two
 //! at once, each lasting up to 14 s, long enough to outlast detection and
 //! the lease wait), then 6 s after every fault is healed. It costs about
-//! half a second of CPU, so the default 1,000 seeds take about four
-//! minutes on two cores.
+//! a second of CPU, so the default 1,000 seeds take about eight minutes
+//! on two cores.
 //!
 //! What is seeded: the fault schedule and the policy variant (a `StdRng`
 //! from the seed), turmoil's network (latencies), openraft's election
 //! timeouts (`witness::raft::runtime::seed_rng`), the wall clock the
 //! witness reads (the simulated one, via `witness::clock`), incarnations
-//! and cluster id. The fault schedule therefore replays in any build; the
-//! nodes' behaviour replays exactly only when tokio's `select!` order is
-//! seeded too.
+//! and cluster id, and (with `--cfg tokio_unstable`) tokio's own
+//! randomness. A seed's run is therefore a function of the seed: the same
+//! fault log, the same trace hash.
 
 #[path = "sim/check.rs"]
 mod check;
 #[path = "sim/cluster.rs"]
 mod cluster;
+#[path = "sim/consul.rs"]
+mod consul;
 #[path = "sim/faults.rs"]
 mod faults;
 #[path = "sim/net.rs"]
@@ -56,7 +63,8 @@ use witness::raft::types::Incarnation;
 
 use crate::check::Checker;
 use crate::cluster::{Disk, Grant, Live, SITES, WITNESSES, lock};
-use crate::faults::{MAX_LATENCY, MIN_LATENCY, Nemesis};
+use crate::consul::{CONSUL_HOSTS, ConsulFault, ConsulModel, ConsulView, SiteView};
+use crate::faults::{Fault, MAX_LATENCY, MIN_LATENCY, Nemesis};
 
 /// Seeds the default `cargo test` run covers.
 const DEFAULT_SEEDS: u64 = 1000;
@@ -69,6 +77,9 @@ const FAULTS_FROM: (u64, u64) = (1_000, 4_000);
 const FAULT_WINDOW: Duration = Duration::from_secs(14);
 /// Time between two nemesis moves, ms.
 const NEMESIS_GAP: (u64, u64) = (500, 3_000);
+/// Consul's view of the world lags reality by a seeded delay in this
+/// range, ms (its check interval plus Serf's failure detection).
+const CONSUL_LAG: (u64, u64) = (500, 5_000);
 /// At most this many faults at once.
 const MAX_FAULTS: usize = 2;
 /// After every fault heals, how long the cluster runs on.
@@ -107,7 +118,9 @@ fn run_seed(seed: u64, keep_log: bool) -> Result<Outcome, String> {
 
     let min_failover_interval = ["5s", "15s", "5m"][rng.random_range(0..3)];
     let failback = ["manual", "auto"][rng.random_range(0..2)];
-    let policy = cluster::policy(min_failover_interval, failback);
+    let consul_mode = ["ignore", "corroborate", "corroborate", "require"][rng.random_range(0..4)];
+    let consul_lag = Duration::from_millis(rng.random_range(CONSUL_LAG.0..CONSUL_LAG.1));
+    let policy = cluster::policy(min_failover_interval, failback, consul_mode);
     let disks: Vec<Disk> = WITNESSES
         .iter()
         .enumerate()
@@ -133,6 +146,11 @@ fn run_seed(seed: u64, keep_log: bool) -> Result<Outcome, String> {
     for site in &SITES {
         cluster::add_agent(&mut sim, site, grants.clone());
     }
+    let consul_view: Arc<Mutex<ConsulView>> = Arc::default();
+    for domain in 0..CONSUL_HOSTS.len() {
+        consul::add_agent(&mut sim, domain, consul_view.clone());
+    }
+    let mut consul_model = ConsulModel::new(consul_lag);
 
     let mut out = Outcome {
         seed,
@@ -145,9 +163,13 @@ fn run_seed(seed: u64, keep_log: bool) -> Result<Outcome, String> {
     };
     log(
         Duration::ZERO,
-        format!("policy: min_failover_interval {min_failover_interval}, failback {failback}"),
+        format!(
+            "policy: min_failover_interval {min_failover_interval}, failback {failback}, \
+             consul {consul_mode} (its view lags by {consul_lag:?})"
+        ),
     );
     let mut checker = Checker::default();
+    checker.print_trace = std::env::var_os("WITNESS_SIM_TRACE").is_some();
     let mut nemesis = Nemesis::new(MAX_FAULTS);
     let faults_from = Duration::from_millis(rng.random_range(FAULTS_FROM.0..FAULTS_FROM.1));
     let heal_at = faults_from + FAULT_WINDOW;
@@ -196,6 +218,7 @@ fn run_seed(seed: u64, keep_log: bool) -> Result<Outcome, String> {
                     now + Duration::from_millis(rng.random_range(NEMESIS_GAP.0..NEMESIS_GAP.1));
             }
         }
+        *lock(&consul_view) = consul_view_now(&mut consul_model, &nemesis, now);
         if let Err(e) = sim.step() {
             return Err(fail(format!("simulation error: {e}"), out.log, &checker));
         }
@@ -211,6 +234,24 @@ fn run_seed(seed: u64, keep_log: bool) -> Result<Outcome, String> {
         }
     }
 
+    // Every fault is healed: each witness reads its Consul agent again
+    // (the Consul path of the simulation is live, not silently broken).
+    if consul_mode != "ignore" {
+        let live = lock(&live);
+        for (i, node) in live.nodes.iter().enumerate() {
+            let view = node.as_ref().and_then(|n| n.local_view());
+            let consul = view.as_ref().map(|v| &v.consul);
+            if !consul.is_some_and(|c| c.reachable && c.leader.is_some()) {
+                let why = format!(
+                    "witness {} cannot read its Consul agent {HEAL_WINDOW:?} after every fault \
+                     healed: {:?}",
+                    WITNESSES[i].host, consul
+                );
+                drop(live);
+                return Err(fail(why, out.log, &checker));
+            }
+        }
+    }
     out.faults = nemesis.injected;
     out.activations = checker.epochs.len() as u64;
     out.recovered_after = SITES
@@ -229,6 +270,30 @@ fn run_seed(seed: u64, keep_log: bool) -> Result<Outcome, String> {
     lock(&live).nodes = Default::default();
     drop(sim);
     Ok(out)
+}
+
+/// What Consul shows at `now`: each site's real state (services down under
+/// a site-down or blackout fault, node dead under a blackout), seen late,
+/// with the Consul faults in force on top.
+fn consul_view_now(model: &mut ConsulModel, nemesis: &Nemesis, now: Duration) -> ConsulView {
+    let mut reality = [SiteView {
+        services_passing: true,
+        node_alive: true,
+    }; 2];
+    for (fault, _) in &nemesis.active {
+        for s in fault.services() {
+            reality[s].services_passing = false;
+        }
+        if let Fault::Blackout(s) = fault {
+            reality[*s].node_alive = false;
+        }
+    }
+    let faults: Vec<ConsulFault> = nemesis
+        .active
+        .iter()
+        .filter_map(|(f, _)| f.consul())
+        .collect();
+    model.view(now, reality, &faults)
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -258,18 +323,82 @@ fn install_sim_clock() {
     });
 }
 
-/// Run `f` on a new thread: every seed starts from fresh thread-local state
-/// (turmoil's world, the seeded RNG, tokio's and std's per-thread state),
-/// as in a fresh process, so a seed behaves the same in a batch and alone.
-fn fresh_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| s.spawn(f).join().expect("a simulation thread panicked"))
+/// The test every seed runs in, in its own process.
+const SEED_TEST: &str = "simulated_cluster_keeps_one_site_active_under_faults";
+/// What a seed's process prints before its outcome.
+const RESULT_TAG: &str = "SIM-RESULT";
+
+/// Run one seed in a fresh process of this test binary and read its
+/// outcome. A process per seed is what makes a seed replay exactly: tokio
+/// numbers tasks from a process-wide counter and drops a crashed host's
+/// tasks in an order that depends on those numbers, and each dropped
+/// socket sends a segment whose latency is drawn from the seeded RNG — so
+/// a seed run after others in the same process can part from the same
+/// seed run first.
+fn run_in_child(seed: u64) -> Result<Outcome, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("seed {seed}: this test binary: {e}"))?;
+    let output = std::process::Command::new(exe)
+        .args(["--exact", SEED_TEST, "--nocapture", "--test-threads=1"])
+        .env("WITNESS_SIM_CHILD", seed.to_string())
+        .env_remove("WITNESS_SIM_SEED")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("seed {seed}: starting its process: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let parsed = stdout
+        .lines()
+        .find_map(|l| l.split_once(RESULT_TAG).map(|(_, rest)| rest))
+        .and_then(|l| Outcome::parse(seed, l));
+    match parsed {
+        Some(outcome) if output.status.success() => Ok(outcome),
+        _ => Err(format!(
+            "seed {seed}: its process failed ({})\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )),
+    }
 }
 
-/// One seed, run twice: prints its fault log and trace hash, and says
-/// whether the two runs did exactly the same thing.
+impl Outcome {
+    /// The line a seed's process prints after [`RESULT_TAG`].
+    fn line(&self) -> String {
+        format!(
+            " {} {} {} {:016x} {}",
+            self.faults,
+            self.activations,
+            self.recovered_after
+                .map_or("-".to_string(), |d| d.as_micros().to_string()),
+            self.trace,
+            self.wall.as_micros()
+        )
+    }
+
+    fn parse(seed: u64, line: &str) -> Option<Outcome> {
+        let mut f = line.split_whitespace();
+        let faults = f.next()?.parse().ok()?;
+        let activations = f.next()?.parse().ok()?;
+        let recovered_after = match f.next()? {
+            "-" => None,
+            us => Some(Duration::from_micros(us.parse().ok()?)),
+        };
+        let trace = u64::from_str_radix(f.next()?, 16).ok()?;
+        let wall = Duration::from_micros(f.next()?.parse().ok()?);
+        Some(Outcome {
+            seed,
+            faults,
+            activations,
+            recovered_after,
+            trace,
+            wall,
+            log: Vec::new(),
+        })
+    }
+}
+
+/// One seed: prints its fault log and trace hash, then runs it again in a
+/// fresh process and says whether both runs did exactly the same thing.
 fn run_one(seed: u64) {
-    let first =
-        fresh_thread(move || run_seed(seed, true)).unwrap_or_else(|report| panic!("{report}"));
+    let first = run_seed(seed, true).unwrap_or_else(|report| panic!("{report}"));
     for line in &first.log {
         println!("{line}");
     }
@@ -278,14 +407,14 @@ fn run_one(seed: u64) {
          trace {:016x}, {:?} wall",
         first.faults, first.activations, first.recovered_after, first.trace, first.wall
     );
-    let second =
-        fresh_thread(move || run_seed(seed, false)).unwrap_or_else(|report| panic!("{report}"));
+    let second = run_in_child(seed).unwrap_or_else(|report| panic!("{report}"));
     if second.trace == first.trace {
         println!("replayed seed {seed}: same trace {:016x}", second.trace);
     } else {
         println!(
             "replayed seed {seed}: DIFFERENT trace {:016x} (vs {:016x}); exact replay needs \
-             RUSTFLAGS=\"--cfg tokio_unstable\" (witness/tests/sim/replay.sh)",
+             the workspace's `--cfg tokio_unstable` (.cargo/config.toml; a RUSTFLAGS \
+             variable replaces it)",
             second.trace, first.trace
         );
     }
@@ -296,6 +425,14 @@ fn run_one(seed: u64) {
 fn simulated_cluster_keeps_one_site_active_under_faults() {
     init_tracing();
     install_sim_clock();
+    if let Some(seed) = env_u64("WITNESS_SIM_CHILD") {
+        // One seed of a batch, in its own process.
+        match run_seed(seed, true) {
+            Ok(outcome) => println!("{RESULT_TAG}{}", outcome.line()),
+            Err(report) => panic!("{report}"),
+        }
+        return;
+    }
     if let Some(seed) = env_u64("WITNESS_SIM_SEED") {
         run_one(seed);
         return;
@@ -322,7 +459,7 @@ fn simulated_cluster_keeps_one_site_active_under_faults() {
                             *n += 1;
                             *n - 1
                         };
-                        let r = fresh_thread(move || run_seed(seed, true));
+                        let r = run_in_child(seed);
                         let failed = r.is_err();
                         mine.push(r);
                         if failed {
@@ -376,5 +513,34 @@ fn simulated_cluster_keeps_one_site_active_under_faults() {
     }
     if let Some(Err(report)) = failed.into_iter().next() {
         panic!("{report}\nreplay: WITNESS_SIM_SEED=<seed> cargo test -p witness --test sim");
+    }
+}
+
+/// Seeds the replay test runs twice each (5 and 6 end with a blackout,
+/// whose crashed hosts drop many sockets at once).
+const REPLAY_SEEDS: [u64; 4] = [3, 5, 6, 17];
+
+/// A seed is a complete description of a run: the same seed, run again in a
+/// fresh process, does exactly the same thing (same trace hash of every
+/// grant, epoch and fault), so a failing seed reported by the batch can be
+/// replayed and debugged with `WITNESS_SIM_SEED`.
+#[test]
+fn a_seed_replays_to_the_same_trace() {
+    if !cfg!(tokio_unstable) {
+        panic!(
+            "this build lacks `--cfg tokio_unstable` (set by .cargo/config.toml; a RUSTFLAGS \
+             variable replaces it), so tokio's select! order is not seeded and runs cannot replay"
+        );
+    }
+    for seed in REPLAY_SEEDS {
+        let first = run_in_child(seed).unwrap_or_else(|report| panic!("{report}"));
+        let second = run_in_child(seed).unwrap_or_else(|report| panic!("{report}"));
+        assert_eq!(
+            (first.trace, first.faults, first.activations),
+            (second.trace, second.faults, second.activations),
+            "seed {seed} did not replay: trace {:016x} then {:016x}",
+            first.trace,
+            second.trace
+        );
     }
 }

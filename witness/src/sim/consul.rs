@@ -42,7 +42,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -298,10 +298,10 @@ impl Default for FakeState {
     }
 }
 
+/// Wall-clock ms, from the witness's clock (a simulation's, when one is
+/// installed).
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::clock::unix_ms()
 }
 
 fn serf_check(alive: bool, index: u64) -> FakeCheck {
@@ -648,6 +648,42 @@ impl FakeConsul {
     /// Serve `state` on `listener` (the caller chooses where it listens).
     pub fn start(listener: TcpListener, state: FakeState) -> io::Result<FakeConsul> {
         let addr = listener.local_addr()?;
+        Ok(FakeConsul::launch(addr, state, |router, shared| {
+            let listener = FaultyListener {
+                inner: listener,
+                shared: Arc::clone(&shared),
+            };
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { shared.until_stopping().await })
+                    .await
+            })
+        }))
+    }
+
+    /// Serve `state` on any listener axum can serve, e.g. a simulated
+    /// network's; `addr` is what [`FakeConsul::addr`] reports. Connection
+    /// faults ([`ConnectionFault`]) need a real socket and are not applied;
+    /// endpoint faults are.
+    pub fn start_on<L>(listener: L, addr: SocketAddr, state: FakeState) -> FakeConsul
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
+        FakeConsul::launch(addr, state, |router, shared| {
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { shared.until_stopping().await })
+                    .await
+            })
+        })
+    }
+
+    fn launch(
+        addr: SocketAddr,
+        state: FakeState,
+        serve: impl FnOnce(axum::Router, Arc<Shared>) -> JoinHandle<io::Result<()>>,
+    ) -> FakeConsul {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             changed: watch::Sender::new(0),
@@ -656,21 +692,12 @@ impl FakeConsul {
         let router = axum::Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&shared));
-        let listener = FaultyListener {
-            inner: listener,
-            shared: Arc::clone(&shared),
-        };
-        let stop = Arc::clone(&shared);
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.until_stopping().await })
-                .await
-        });
-        Ok(FakeConsul {
+        let server = serve(router, Arc::clone(&shared));
+        FakeConsul {
             addr,
             shared,
             server: Some(server),
-        })
+        }
     }
 
     /// Serve `state` on a fresh `127.0.0.1` port.

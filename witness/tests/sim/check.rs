@@ -43,13 +43,19 @@ pub struct Checker {
     trace: DefaultHasher,
     /// Simulated time of the last change of the highest epoch.
     pub last_activation_at: Option<Duration>,
+    /// Print every traced event (`WITNESS_SIM_TRACE=1`), to find where two
+    /// runs of a seed part.
+    pub print_trace: bool,
 }
 
 impl Checker {
     /// Add an event to the trace hash.
-    pub fn record(&mut self, at: Duration, event: impl Hash) {
+    pub fn record(&mut self, at: Duration, event: impl Hash + std::fmt::Debug) {
         at.as_micros().hash(&mut self.trace);
         event.hash(&mut self.trace);
+        if self.print_trace {
+            println!("trace {:>12}us {event:?}", at.as_micros());
+        }
     }
 
     /// The hash of everything recorded so far.

@@ -1,11 +1,14 @@
 //! The simulated world: three witnesses running the real node code, two
-//! sites' services, and one lease-holding client per site, as turmoil hosts.
+//! sites' services, one lease-holding client per site, and a fake Consul
+//! agent per domain, as turmoil hosts.
 //!
 //! | site | hosts |
 //! | --- | --- |
-//! | `dc-a` (active at bootstrap) | `w1` (witness 1), `svc-a` (mailstore :17101, proxy :17102), `agent-a` |
-//! | `dc-b` | `w2` (witness 2), `svc-b` (mailstore :17201, proxy :17202), `agent-b` |
-//! | `dc-c` (witness only) | `w3` (witness 3) |
+//! | `dc-a` (active at bootstrap) | `w1` (witness 1), `svc-a` (mailstore :17101, proxy :17102), `agent-a`, `consul-a` |
+//! | `dc-b` | `w2` (witness 2), `svc-b` (mailstore :17201, proxy :17202), `agent-b`, `consul-b` |
+//! | `dc-c` (witness only) | `w3` (witness 3), `consul-c` |
+//!
+//! Each witness reads its own domain's Consul agent (`crate::consul`).
 //!
 //! A witness keeps its [`MemoryStore`], its incarnation and the cluster id
 //! it learnt outside its host, so a crash and restart behaves like a real
@@ -16,7 +19,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use witness::config::{NodeConfig, Policy};
+use witness::config::{ConsulAgentConfig, NodeConfig, Policy};
 use witness::node::Node;
 use witness::raft::identity::Identity;
 use witness::raft::store::{Bootstrap, MemoryStore};
@@ -24,7 +27,7 @@ use witness::raft::types::{Incarnation, NodeId, WitnessNode};
 use witness_proto::RenewLeaseRequest;
 use witness_proto::witness_client::WitnessClient;
 
-use crate::net;
+use crate::{consul, net};
 
 /// The gRPC port every witness listens on.
 pub const GRPC_PORT: u16 = 7400;
@@ -86,9 +89,9 @@ pub const SITES: [SiteSpec; 2] = [
 
 /// Every failure domain and the hosts in it (for partitions).
 pub const DOMAINS: [(&str, &[&str]); 3] = [
-    ("dc-a", &["w1", "svc-a", "agent-a"]),
-    ("dc-b", &["w2", "svc-b", "agent-b"]),
-    ("dc-c", &["w3"]),
+    ("dc-a", &["w1", "svc-a", "agent-a", "consul-a"]),
+    ("dc-b", &["w2", "svc-b", "agent-b", "consul-b"]),
+    ("dc-c", &["w3", "consul-c"]),
 ];
 
 /// Lock a mutex shared with host software; a panic in a host already
@@ -104,7 +107,7 @@ pub fn sim_now() -> Duration {
 
 /// The cluster policy of one seed: the local example's timers (DESIGN.md
 /// §7 defaults) with the anti-flap and failback settings the seed picked.
-pub fn policy(min_failover_interval: &str, failback: &str) -> Policy {
+pub fn policy(min_failover_interval: &str, failback: &str, consul_mode: &str) -> Policy {
     let mut text = format!(
         r#"
 [lease]
@@ -120,7 +123,8 @@ fail_after = 3
 recover_after = 2
 
 [consul]
-mode = "ignore"
+mode = "{consul_mode}"
+server_sites = ["dc-a", "dc-b", "dc-c"]
 
 [failover]
 observation_ttl = "6s"
@@ -142,13 +146,20 @@ name = "mailstore"
 role = "mailstore"
 kind = "tcp"
 address = "{svc}:{m}"
+consul_service = "{mailstore_service}"
+consul_node = "{node}"
 
 [[site.target]]
 name = "proxy"
 role = "proxy"
 kind = "tcp"
 address = "{svc}:{p}"
+consul_service = "{proxy_service}"
+consul_node = "{node}"
 "#,
+            mailstore_service = consul::MAILSTORE_SERVICE,
+            proxy_service = consul::PROXY_SERVICE,
+            node = consul::node_name(i),
             name = site.name,
             active = i == 0,
             svc = site.services,
@@ -248,7 +259,12 @@ pub fn add_witness(
             )
             .await
             .map_err(|e| format!("starting witness {}: {e:#}", index + 1))?;
-            node.start_probing(None, Arc::new(net::SimTransport));
+            let consul = ConsulAgentConfig::local(format!(
+                "{}:{}",
+                consul::CONSUL_HOSTS[index],
+                consul::CONSUL_PORT
+            ));
+            node.start_probing(Some(consul), Arc::new(net::SimTransport));
             {
                 let mut live = lock(&live);
                 live.nodes[index] = Some(node.clone());

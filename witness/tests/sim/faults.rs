@@ -5,8 +5,10 @@
 //! one site against every host of the other), at most one fault per link at
 //! a time (turmoil does not combine a hold with a one-way partition).
 //! Process faults crash a witness (restarted later over its store), a
-//! site's services (the site "dies"; its listeners refuse connections) or a
-//! whole site (witness, services and lease client at once).
+//! site's services (the site "dies"; its listeners refuse connections), a
+//! domain's Consul agent, or a whole site (witness, services, lease client
+//! and Consul agent at once). Consul faults make Consul misreport the
+//! world (`crate::consul`).
 
 use std::fmt;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use crate::cluster::{DOMAINS, SITES, WITNESSES};
+use crate::consul::{CONSUL_HOSTS, ConsulFault};
 
 /// Message latency of a healthy link: WAN-like, a few milliseconds.
 pub const MIN_LATENCY: Duration = Duration::from_millis(1);
@@ -34,8 +37,17 @@ pub enum Fault {
     CrashWitness(usize),
     /// Crash site `i`'s services; restart them on heal.
     SiteDown(usize),
-    /// Crash site `i`'s witness, services and lease client at once.
+    /// Crash site `i`'s witness, services, lease client and Consul agent
+    /// at once.
     Blackout(usize),
+    /// Crash domain `i`'s Consul agent; restart it on heal.
+    ConsulAgentDown(usize),
+    /// Consul reports site `i` fully passing whatever happens to it.
+    ConsulLies(usize),
+    /// Consul reports site `i`'s services critical while they run.
+    ConsulFalseAlarm(usize),
+    /// Consul's servers have no leader.
+    ConsulLeaderless,
 }
 
 impl fmt::Display for Fault {
@@ -49,6 +61,12 @@ impl fmt::Display for Fault {
             Fault::CrashWitness(i) => write!(f, "crash {}", WITNESSES[i].host),
             Fault::SiteDown(i) => write!(f, "services of {} down", SITES[i].name),
             Fault::Blackout(i) => write!(f, "blackout of {}", SITES[i].name),
+            Fault::ConsulAgentDown(i) => write!(f, "crash {}", CONSUL_HOSTS[i]),
+            Fault::ConsulLies(i) => write!(f, "Consul reports {} passing", SITES[i].name),
+            Fault::ConsulFalseAlarm(i) => {
+                write!(f, "Consul reports {} critical", SITES[i].name)
+            }
+            Fault::ConsulLeaderless => write!(f, "Consul loses its leader"),
         }
     }
 }
@@ -74,18 +92,44 @@ impl Fault {
     }
 
     /// The sites whose services a process fault stops.
-    fn services(&self) -> Vec<usize> {
+    pub fn services(&self) -> Vec<usize> {
         match *self {
             Fault::SiteDown(s) | Fault::Blackout(s) => vec![s],
             _ => vec![],
         }
     }
 
+    /// The domains whose Consul agent a process fault stops.
+    fn consul_agents(&self) -> Vec<usize> {
+        match *self {
+            Fault::ConsulAgentDown(d) => vec![d],
+            Fault::Blackout(s) => vec![SITES[s].witness],
+            _ => vec![],
+        }
+    }
+
+    /// How the fault makes Consul misreport the world, if it does.
+    pub fn consul(&self) -> Option<ConsulFault> {
+        match *self {
+            Fault::ConsulLies(s) => Some(ConsulFault::Lies(s)),
+            Fault::ConsulFalseAlarm(s) => Some(ConsulFault::FalseAlarm(s)),
+            Fault::ConsulLeaderless => Some(ConsulFault::Leaderless),
+            _ => None,
+        }
+    }
+
     fn conflicts(&self, other: &Fault) -> bool {
         let shared = |a: Vec<usize>, b: Vec<usize>| a.iter().any(|x| b.contains(x));
+        let consul_subject = |f: &Fault| match f.consul() {
+            Some(ConsulFault::Lies(s) | ConsulFault::FalseAlarm(s)) => Some(s),
+            Some(ConsulFault::Leaderless) => Some(usize::MAX),
+            None => None,
+        };
         (self.link().is_some() && self.link() == other.link())
             || shared(self.witnesses(), other.witnesses())
             || shared(self.services(), other.services())
+            || shared(self.consul_agents(), other.consul_agents())
+            || (consul_subject(self).is_some() && consul_subject(self) == consul_subject(other))
     }
 
     /// A random fault.
@@ -95,26 +139,31 @@ impl Fault {
             let b = (a + rng.random_range(1..DOMAINS.len())) % DOMAINS.len();
             (a, b)
         };
+        let site = |rng: &mut StdRng| rng.random_range(0..SITES.len());
         match rng.random_range(0..100) {
-            0..20 => {
+            0..18 => {
                 let (a, b) = pair(rng);
                 Fault::Cut(a, b)
             }
-            20..32 => {
+            18..29 => {
                 let (a, b) = pair(rng);
                 Fault::OneWay(a, b)
             }
-            32..40 => {
+            29..36 => {
                 let (a, b) = pair(rng);
                 Fault::Hold(a, b)
             }
-            40..45 => {
+            36..40 => {
                 let (a, b) = pair(rng);
                 Fault::Slow(a, b, rng.random_range(100..1500))
             }
-            45..60 => Fault::CrashWitness(rng.random_range(0..WITNESSES.len())),
-            60..88 => Fault::SiteDown(rng.random_range(0..SITES.len())),
-            _ => Fault::Blackout(rng.random_range(0..SITES.len())),
+            40..53 => Fault::CrashWitness(rng.random_range(0..WITNESSES.len())),
+            53..76 => Fault::SiteDown(site(rng)),
+            76..87 => Fault::Blackout(site(rng)),
+            87..90 => Fault::ConsulAgentDown(rng.random_range(0..CONSUL_HOSTS.len())),
+            90..94 => Fault::ConsulLies(site(rng)),
+            94..97 => Fault::ConsulFalseAlarm(site(rng)),
+            _ => Fault::ConsulLeaderless,
         }
     }
 
@@ -130,12 +179,25 @@ impl Fault {
             Fault::CrashWitness(i) => sim.crash(WITNESSES[i].host),
             Fault::SiteDown(s) => sim.crash(SITES[s].services),
             Fault::Blackout(s) => {
-                let site = &SITES[s];
-                for host in [WITNESSES[site.witness].host, site.services, site.agent] {
+                for host in Self::site_hosts(s) {
                     sim.crash(host);
                 }
             }
+            Fault::ConsulAgentDown(d) => sim.crash(CONSUL_HOSTS[d]),
+            // Consul's view is computed each step from the faults in force.
+            Fault::ConsulLies(_) | Fault::ConsulFalseAlarm(_) | Fault::ConsulLeaderless => {}
         }
+    }
+
+    /// Every host of site `s`'s domain.
+    fn site_hosts(s: usize) -> [&'static str; 4] {
+        let site = &SITES[s];
+        [
+            WITNESSES[site.witness].host,
+            site.services,
+            site.agent,
+            CONSUL_HOSTS[site.witness],
+        ]
     }
 
     /// Undo the fault.
@@ -150,11 +212,12 @@ impl Fault {
             Fault::CrashWitness(i) => sim.bounce(WITNESSES[i].host),
             Fault::SiteDown(s) => sim.bounce(SITES[s].services),
             Fault::Blackout(s) => {
-                let site = &SITES[s];
-                for host in [WITNESSES[site.witness].host, site.services, site.agent] {
+                for host in Self::site_hosts(s) {
                     sim.bounce(host);
                 }
             }
+            Fault::ConsulAgentDown(d) => sim.bounce(CONSUL_HOSTS[d]),
+            Fault::ConsulLies(_) | Fault::ConsulFalseAlarm(_) | Fault::ConsulLeaderless => {}
         }
     }
 }

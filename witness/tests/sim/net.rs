@@ -113,14 +113,99 @@ pub fn channel(addr: &str) -> Result<Channel, String> {
     )
 }
 
+/// A simulated listener as axum serves it (the fake Consul agents).
+pub struct AxumListener(pub turmoil::net::TcpListener);
+
+impl axum::serve::Listener for AxumListener {
+    type Io = Conn;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, std::net::SocketAddr) {
+        loop {
+            if let Ok((stream, peer)) = self.0.accept().await {
+                return (Conn(stream), peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
 /// The witness's peer dialer over turmoil.
 pub fn dialer() -> Dialer {
     Arc::new(channel)
 }
 
-/// Probes over turmoil: TCP connects reach the simulated hosts; no other
-/// probe kind is simulated (the simulation's policy uses TCP targets only).
+/// Probes and the Consul reader over turmoil: TCP connects and plain-HTTP
+/// GETs reach the simulated hosts (the simulation's policy uses TCP targets,
+/// and each witness reads its site's fake Consul agent over HTTP); gRPC
+/// health and commands are not simulated.
 pub struct SimTransport;
+
+/// Most bytes of an HTTP answer's status line and headers.
+const MAX_HTTP_HEAD: usize = 16 * 1024;
+
+/// One HTTP/1.0 GET (the server closes the connection after its answer, so
+/// the body ends at EOF) to a `http://host:port/path` URL, bounded by the
+/// request's timeout and `max_body`.
+async fn http_get(request: HttpRequest) -> Result<HttpResponse, TransportError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = request
+        .url
+        .strip_prefix("http://")
+        .ok_or_else(|| TransportError::Invalid(format!("not a plain http URL: {}", request.url)))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let (host, port) = authority
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| TransportError::Invalid(format!("no host:port in {}", request.url)))?;
+    let mut stream = connect(host, port)
+        .await
+        .map_err(|e| TransportError::Connect(e.to_string()))?;
+    let mut head = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n");
+    for (name, value) in &request.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .map_err(|e| TransportError::Other(e.to_string()))?;
+    let limit = (MAX_HTTP_HEAD + request.max_body) as u64;
+    let mut raw = Vec::new();
+    (&mut stream)
+        .take(limit + 1)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| TransportError::Other(format!("reading the answer: {e}")))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| TransportError::Other("an answer without a complete head".into()))?;
+    let text = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = text.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| TransportError::Other(format!("a bad status line in {text:?}")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let truncated = body.len() > request.max_body;
+    body.truncate(request.max_body);
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+        truncated,
+    })
+}
 
 impl Transport for SimTransport {
     fn tcp_connect<'a>(
@@ -139,8 +224,18 @@ impl Transport for SimTransport {
         .boxed()
     }
 
-    fn http_get(&self, _: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
-        async { Err(TransportError::Invalid("HTTP is not simulated".into())) }.boxed()
+    fn http_get(
+        &self,
+        request: HttpRequest,
+    ) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        let timeout = request.timeout;
+        async move {
+            match tokio::time::timeout(timeout, http_get(request)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(TransportError::Timeout(timeout)),
+            }
+        }
+        .boxed()
     }
 
     fn grpc_health<'a>(
