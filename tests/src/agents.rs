@@ -8,9 +8,14 @@
 //! process reaped) on drop, also when a test fails, and its log tail is
 //! printed then.
 
+use std::ffi::OsString;
 use std::fs;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -59,6 +64,9 @@ pub struct AgentSpec {
     /// Extra environment for the agent (and so for its commands), e.g.
     /// `FAKE_CARBONIO_SLEEP_MS`.
     pub env: Vec<(String, String)>,
+    /// A watchdog device (`mode = "required"`, 1 s timeout), e.g. a
+    /// [`FakeWatchdog`]'s FIFO; `None`: `mode = "off"`.
+    pub watchdog: Option<PathBuf>,
 }
 
 impl AgentSpec {
@@ -68,7 +76,13 @@ impl AgentSpec {
             site: site.into(),
             role: role.into(),
             env: Vec::new(),
+            watchdog: None,
         }
+    }
+
+    pub fn watchdog(mut self, device: &Path) -> AgentSpec {
+        self.watchdog = Some(device.to_path_buf());
+        self
     }
 
     pub fn env(mut self, key: &str, value: &str) -> AgentSpec {
@@ -131,7 +145,7 @@ impl AgentLab {
             "[agent]\nname = \"{}\"\nsite = \"{}\"\nrole = \"{}\"\nwitnesses = [{}]\n\
              fence_timeout = \"1s\"\nstate_log = \"{}\"\n\n\
              [hooks]\nactivate = [{}]\ndeactivate = [{}]\nfence = [{}]\nunfence = [{}]\n\n\
-             [watchdog]\nmode = \"off\"\n",
+             [watchdog]\n{}\n",
             spec.name,
             spec.site,
             spec.role,
@@ -141,6 +155,13 @@ impl AgentLab {
             hook("5s"),
             hook("900ms"),
             hook("5s"),
+            match &spec.watchdog {
+                Some(device) => format!(
+                    "mode = \"required\"\ndevice = \"{}\"\ntimeout = \"1s\"",
+                    device.display()
+                ),
+                None => "mode = \"off\"".to_string(),
+            },
         );
         if spec.role == "mailstore" {
             s.push_str(&format!(
@@ -160,6 +181,23 @@ impl AgentLab {
 
     /// Write `spec`'s config and start `witness agent` on it.
     pub fn start(&self, spec: &AgentSpec, witnesses: &[String]) -> AgentProc {
+        self.start_via(spec, witnesses, |argv| {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]);
+            cmd
+        })
+    }
+
+    /// As [`start`](Self::start), with the command line turned into a
+    /// command by `make` (e.g. `ip netns exec HOST …`, so that the agent runs
+    /// on a host of a [`NetCluster`](crate::netcluster::NetCluster)). The
+    /// command must exec the agent in place, so its pid is the agent's.
+    pub fn start_via(
+        &self,
+        spec: &AgentSpec,
+        witnesses: &[String],
+        make: impl FnOnce(&[OsString]) -> Command,
+    ) -> AgentProc {
         let config = self.path(&format!("{}.toml", spec.name));
         fs::write(&config, self.config(spec, witnesses)).expect("write agent config");
         let log_path = self.path(&format!("{}.log", spec.name));
@@ -168,11 +206,14 @@ impl AgentLab {
             .append(true)
             .open(&log_path)
             .expect("open agent log");
-        let mut cmd = Command::new(witness_bin());
-        cmd.arg("agent")
-            .arg("--config")
-            .arg(&config)
-            .env("WITNESS_LOG", "info")
+        let argv: Vec<OsString> = vec![
+            witness_bin().into_os_string(),
+            "agent".into(),
+            "--config".into(),
+            config.into_os_string(),
+        ];
+        let mut cmd = make(&argv);
+        cmd.env("WITNESS_LOG", "info")
             .env("FAKE_CARBONIO_LOG", self.carbonio_log())
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -246,6 +287,121 @@ fn argv_has(call: &Value, word: &str) -> bool {
 /// A number carried as a decimal string (the fake CLI's clocks).
 pub fn ns(v: &Value) -> u128 {
     v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// What a [`FakeWatchdog`] saw, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchdogEvent {
+    /// The agent opened the device (armed it).
+    Open,
+    /// A byte other than `V`: a pet.
+    Pet,
+    /// The magic close byte `V`: a deliberate disarm follows.
+    MagicClose,
+    /// The agent closed the device (or died).
+    Closed,
+}
+
+/// A FIFO standing in for `/dev/watchdog`: a thread reads it and records
+/// every open, pet, magic close and close with its `CLOCK_BOOTTIME` ms.
+/// It reopens after each close, so the agent can arm it again.
+pub struct FakeWatchdog {
+    path: PathBuf,
+    events: Arc<Mutex<Vec<(u64, WatchdogEvent)>>>,
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeWatchdog {
+    pub fn new(path: &Path) -> FakeWatchdog {
+        let made = Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success(), "mkfifo {}", path.display());
+        let events: Arc<Mutex<Vec<(u64, WatchdogEvent)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (path, events, stop) = (path.to_path_buf(), events.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let record = |e| {
+                    events
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((boottime_ms(), e))
+                };
+                while !stop.load(Ordering::SeqCst) {
+                    // Blocks until a writer opens the FIFO.
+                    let Ok(mut fifo) = fs::File::open(&path) else {
+                        return;
+                    };
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    record(WatchdogEvent::Open);
+                    let mut buf = [0u8; 64];
+                    loop {
+                        match fifo.read(&mut buf) {
+                            Ok(0) | Err(_) => {
+                                record(WatchdogEvent::Closed);
+                                break;
+                            }
+                            Ok(n) => {
+                                for b in &buf[..n] {
+                                    record(if *b == b'V' {
+                                        WatchdogEvent::MagicClose
+                                    } else {
+                                        WatchdogEvent::Pet
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        FakeWatchdog {
+            path: path.to_path_buf(),
+            events,
+            stop,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Everything seen so far.
+    pub fn events(&self) -> Vec<(u64, WatchdogEvent)> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for FakeWatchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let Some(reader) = self.reader.take() else {
+            return;
+        };
+        // Wake a reader blocked in open(): a non-blocking writer open
+        // succeeds exactly when a reader is waiting. Bounded: a reader still
+        // held by a live writer is left behind rather than hang the test.
+        for _ in 0..100 {
+            if reader.is_finished() {
+                let _ = reader.join();
+                return;
+            }
+            let _ = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.path);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// One running `witness agent`.

@@ -522,3 +522,228 @@ fn leader_killed_right_after_activate_directives_still_run_once() {
         .collect();
     assert_eq!(activations.len(), 1, "{activations:#?}");
 }
+
+/// The longest time between two consecutive writes (open or pet) in
+/// `events` from `from` on, up to the first magic close or close.
+fn longest_pet_gap(events: &[(u64, WatchdogEvent)], from: usize) -> u64 {
+    let mut gap = 0;
+    let mut last: Option<u64> = None;
+    for (at, e) in &events[from..] {
+        match e {
+            WatchdogEvent::Open | WatchdogEvent::Pet => {
+                if let Some(prev) = last {
+                    gap = gap.max(at - prev);
+                }
+                last = Some(*at);
+            }
+            WatchdogEvent::MagicClose | WatchdogEvent::Closed => break,
+        }
+    }
+    gap
+}
+
+/// The watchdog (a FIFO standing in for /dev/watchdog): the active site's
+/// agent arms it when it first holds a lease and pets it well within its
+/// 1 s timeout; a standby agent never arms it; when the lease runs out the
+/// agent stops petting, fences, and disarms with the magic close; after a
+/// new lease it arms again; and a SIGKILLed agent leaves it armed (closed
+/// without the magic byte: the machine would reboot).
+#[test]
+fn watchdog_is_petted_only_while_the_lease_is_valid() {
+    use WatchdogEvent::*;
+    let sites = Sites::start();
+    let mut c = Cluster::running(3, "", &policy(&sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    let dog_a = FakeWatchdog::new(&lab.path("watchdog-a"));
+    let dog_b = FakeWatchdog::new(&lab.path("watchdog-b"));
+    let mut a = lab.start(
+        &AgentSpec::new("mbox-a", "dc-a", "mailstore").watchdog(dog_a.path()),
+        &w,
+    );
+    let b = lab.start(
+        &AgentSpec::new("mbox-b", "dc-b", "mailstore").watchdog(dog_b.path()),
+        &w,
+    );
+    wait_state(&a, "serving", Some(1), AGENT_SETTLE);
+    wait_state(&b, "standby", Some(1), AGENT_SETTLE);
+    std::thread::sleep(Duration::from_secs(3));
+
+    let events = dog_a.events();
+    assert_eq!(events.first().map(|e| e.1), Some(Open), "{events:?}");
+    let pets = events.iter().filter(|e| e.1 == Pet).count();
+    assert!(pets >= 5, "armed and petted while serving: {events:?}");
+    let gap = longest_pet_gap(&events, 0);
+    assert!(
+        gap < 1_000,
+        "a {gap} ms gap between pets exceeds the 1 s timeout"
+    );
+    assert_eq!(
+        dog_b.events(),
+        vec![],
+        "a standby agent never arms its watchdog"
+    );
+
+    // The witnesses go away: the lease runs out, the agent stops petting,
+    // fences, then disarms deliberately.
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    let fenced = wait_state(&a, "fenced", None, SETTLE)["boottime_ms"]
+        .as_u64()
+        .expect("ms");
+    wait_until(SETTLE, "the watchdog's magic close", || {
+        dog_a.events().iter().any(|e| e.1 == Closed).then_some(())
+    });
+    let events = dog_a.events();
+    let close = events
+        .iter()
+        .position(|e| e.1 == MagicClose)
+        .unwrap_or_else(|| panic!("disarmed without the magic close: {events:?}"));
+    assert_eq!(
+        events.get(close + 1).map(|e| e.1),
+        Some(Closed),
+        "{events:?}"
+    );
+    let last_pet = events[..close]
+        .iter()
+        .rev()
+        .find(|e| e.1 == Pet)
+        .map(|e| e.0)
+        .expect("a pet");
+    assert!(
+        last_pet <= fenced,
+        "petted at boot+{last_pet} ms, after the lease ran out and the agent fenced at \
+         boot+{fenced} ms"
+    );
+
+    // The witnesses return: a new lease arms it again.
+    for id in 1..=3 {
+        c.start(id);
+    }
+    let rearmed = wait_until(SETTLE, "the watchdog armed again", || {
+        dog_a
+            .events()
+            .iter()
+            .skip(close + 2)
+            .position(|e| e.1 == Open)
+            .map(|i| i + close + 2)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(a.state().as_deref(), Some("serving"), "{}", a.log());
+
+    // A dead agent cannot disarm: the device is closed without the magic
+    // byte, so the kernel's timer keeps running.
+    a.kill();
+    wait_until(SETTLE, "the dead agent's watchdog closed", || {
+        dog_a.events()[rearmed..]
+            .iter()
+            .any(|e| e.1 == Closed)
+            .then_some(())
+    });
+    let after = dog_a.events()[rearmed..].to_vec();
+    assert!(
+        !after.iter().any(|e| e.1 == MagicClose),
+        "a killed agent disarmed its watchdog: {after:?}"
+    );
+    assert!(after.iter().any(|e| e.1 == Pet), "{after:?}");
+}
+
+/// A directive of epoch `epoch` named `name`, from `directives list --all`.
+fn directive_of_epoch(c: &Cluster, epoch: u64, name: &str) -> Option<Value> {
+    let out = c.ctl(&[
+        "--timeout",
+        "3s",
+        "--output",
+        "json",
+        "directives",
+        "list",
+        "--all",
+    ]);
+    if !out.status.success() {
+        return None;
+    }
+    let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+    list["directives"]
+        .as_array()?
+        .iter()
+        .find(|d| d["name"] == name && d["epoch"] == epoch)
+        .cloned()
+}
+
+/// An agent frozen (SIGSTOP, with its command) while it holds the
+/// promotion's claim, and resumed only after the operator moved the cluster
+/// on to a newer epoch: the old epoch's directive is superseded, the agent
+/// kills its command by its own deadline, and its late report is ignored.
+#[test]
+fn agent_frozen_with_a_claim_resumed_after_a_newer_epoch_changes_nothing() {
+    let mut sites = Sites::start();
+    let c = Cluster::running(3, "", &policy(&sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    let frozen = lab.start(
+        &AgentSpec::new("mbox-b", "dc-b", "mailstore").env("FAKE_CARBONIO_SLEEP_MS", "6000"),
+        &w,
+    );
+    wait_state(&frozen, "standby", Some(1), AGENT_SETTLE);
+    sites.kill('a');
+    c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+    let first = wait_until(SETTLE, "the promotion to start", || {
+        lab.carbonio_starts("promoteAccounts").into_iter().next()
+    });
+    let pid = first["pid"].as_u64().expect("pid");
+    let group = pgid_of(pid);
+    frozen.pause();
+    signal(-group, libc::SIGSTOP);
+
+    // dc-a comes back and the operator makes it active again: epoch 3.
+    sites.revive('a');
+    wait_until(FAILOVER_BOUND, "the operator's failover to dc-a", || {
+        c.ctl(&[
+            "failover",
+            "--to",
+            "dc-a",
+            "--reason",
+            "back to the home site",
+            "--accept-data-loss",
+        ])
+        .status
+        .success()
+        .then_some(())
+    });
+    c.wait_verdict("dc-a", 3, FAILOVER_BOUND);
+    let old = wait_until(SETTLE, "2/promote superseded", || {
+        directive_of_epoch(&c, 2, "promote").filter(|d| d["state"] == "superseded")
+    });
+
+    frozen.resume();
+    wait_until(SETTLE, "the frozen agent to kill its command", || {
+        frozen
+            .log()
+            .contains("the command was killed")
+            .then_some(())
+    });
+    signal(-group, libc::SIGCONT);
+    wait_until(
+        SETTLE,
+        "the frozen agent's late report to be refused",
+        || {
+            frozen
+                .log()
+                .contains("(generation 1) was ignored")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        lab.carbonio_end(pid).is_none(),
+        "the stale promotion ran to its end: {:#?}",
+        lab.carbonio_calls()
+    );
+    assert_eq!(lab.carbonio_starts("promoteAccounts").len(), 1);
+    let after = directive_of_epoch(&c, 2, "promote").expect("2/promote is kept");
+    assert_eq!(after["state"], old["state"], "{after}");
+    assert_eq!(after["state"], "superseded", "{after}");
+}

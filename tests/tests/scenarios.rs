@@ -28,6 +28,7 @@ use jepsen::Host;
 use serde_json::Value;
 use witness::sim::consul::{FakeConsul, FakeState};
 use witness_e2e::admin::Admin;
+use witness_e2e::agents::{AgentLab, AgentProc, AgentSpec};
 use witness_e2e::lease::{LeaseClient, LeaseSpec};
 use witness_e2e::netcluster::NetCluster;
 use witness_e2e::*;
@@ -142,21 +143,53 @@ fn now_unix_ms() -> u64 {
 
 // ---- links cut --------------------------------------------------------------
 
+/// The fake Carbonio CLI the real agents call.
+const FAKE: &str = env!("CARGO_BIN_EXE_fake_carbonio");
+
+/// The real `witness agent` on dc-a's mailstore and proxy hosts, asking
+/// dc-a's witness first, then the witness site's, then dc-b's; no health
+/// check (so, like the lease client, no veto), hooks recorded by `lab`.
+/// Returns once both serve at epoch 1.
+fn dc_a_agents(c: &NetCluster, lab: &AgentLab) -> Vec<AgentProc> {
+    let witnesses = c.endpoints(&[1, 3, 2]);
+    let agents: Vec<AgentProc> = [("a-mbox", "mailstore"), ("a-proxy", "proxy")]
+        .into_iter()
+        .map(|(host, role)| {
+            lab.start_via(&AgentSpec::new(host, "dc-a", role), &witnesses, |argv| {
+                c.net
+                    .exec(&Host::from(host), argv)
+                    .expect("a host of this cluster")
+            })
+        })
+        .collect();
+    for a in &agents {
+        wait_until(
+            SETTLE,
+            &format!("agent {} serving at epoch 1", a.name),
+            || a.first("serving", Some(1)),
+        );
+    }
+    agents
+}
+
 /// The link between dc-a and dc-b is cut while dc-c's witness sees both,
-/// with the Raft leader on witness `leader`. Nothing fails over, and the
-/// active site's agent keeps its lease without a gap, renewing through the
-/// third site's witness when its own cannot reach the leader.
+/// with the Raft leader on witness `leader`. Nothing fails over; the
+/// active site's lease client keeps its lease without a gap, renewing
+/// through the third site's witness when its own cannot reach the leader;
+/// and the site's real agents (mailstore and proxy) never fence.
 fn link_between_data_sites_cut(tag: &str, octet: u8, leader: u64) {
     let Some(mut c) = NetCluster::start(tag, octet, "") else {
         return;
     };
     let window = no_failover_window(&c.policy);
     c.place_leader(leader);
-    // The agent lives on dc-a's mailstore host and prefers its own site's
-    // witness, then the witness site's, then the other data site's. It
-    // reports no healthy service, so the agents' veto (DESIGN.md §3.3) plays
-    // no part: only the detection quorum can hold the failover.
+    // The lease client lives on dc-a's mailstore host and prefers its own
+    // site's witness, then the witness site's, then the other data site's.
+    // It reports no healthy service, so the agents' veto (DESIGN.md §3.3)
+    // plays no part: only the detection quorum can hold the failover.
     let lease = unhealthy_dc_a_agent(&c);
+    let lab = AgentLab::new(FAKE);
+    let agents = dc_a_agents(&c, &lab);
 
     let cut = Instant::now();
     let (a, b) = (c.site("dc-a"), c.site("dc-b"));
@@ -210,6 +243,21 @@ fn link_between_data_sites_cut(tag: &str, octet: u8, leader: u64) {
         epochs(&c.history_via(&[leader])),
         vec![(1, "dc-a".to_string())]
     );
+    for a in &agents {
+        assert_eq!(
+            a.first("fenced", None),
+            None,
+            "agent {} fenced while the link was cut:\n{}",
+            a.name,
+            a.log()
+        );
+        assert_eq!(a.state().as_deref(), Some("serving"), "{}", a.log());
+        assert!(
+            lab.runs_of("fence", &a.name).is_empty(),
+            "agent {} ran its fence hook",
+            a.name
+        );
+    }
 }
 
 /// Cutting the link between the two data sites while the leader is in the

@@ -4,7 +4,8 @@
 //!
 //! Three real `witness` processes on loopback, each site's mailstore and
 //! proxy as TCP listeners, and a lease client renewing for the active site
-//! every 500 ms, so every failover must wait out a real lease. Trials
+//! every `renew_interval` (400 ms), so every failover must wait out a real
+//! lease. Trials
 //! alternate sites (dc-a → dc-b, then dc-b → dc-a, …); the policy's
 //! anti-flap interval is lowered to 1 s (its 5 min default would hold every
 //! second trial back), and every timer that makes up the failover time is
@@ -15,7 +16,7 @@
 //!
 //! Each trial starts from a steady state (the agent renewing, every witness
 //! seeing both sites up), kills the active site at t0 — at a random phase of
-//! the agent's 500 ms renewal cycle — and polls every
+//! the agent's 400 ms renewal cycle — and polls every
 //! witness's own status over gRPC every 10 ms until one has applied the
 //! activation of the other site at the next epoch. The figure therefore
 //! includes up to 10 ms of polling granularity, and is a commit seen on one
