@@ -67,6 +67,9 @@ pub struct AgentSpec {
     /// A watchdog device (`mode = "required"`, 1 s timeout), e.g. a
     /// [`FakeWatchdog`]'s FIFO; `None`: `mode = "off"`.
     pub watchdog: Option<PathBuf>,
+    /// A health check that passes while this file exists; `None`: no
+    /// health check (the agent reports its service unhealthy).
+    pub health_file: Option<PathBuf>,
 }
 
 impl AgentSpec {
@@ -77,7 +80,13 @@ impl AgentSpec {
             role: role.into(),
             env: Vec::new(),
             watchdog: None,
+            health_file: None,
         }
+    }
+
+    pub fn health_file(mut self, file: &Path) -> AgentSpec {
+        self.health_file = Some(file.to_path_buf());
+        self
     }
 
     pub fn watchdog(mut self, device: &Path) -> AgentSpec {
@@ -131,7 +140,8 @@ impl AgentLab {
 
     /// The agent file of `spec`: every hook appends to the hook log; the
     /// Carbonio CLI is the fake one, run as root (the tests run as root,
-    /// so the agent switches users with the real runuser); no watchdog.
+    /// so the agent switches users with the real runuser); a watchdog and a
+    /// health check only as `spec` asks.
     pub fn config(&self, spec: &AgentSpec, witnesses: &[String]) -> String {
         let hook = |timeout: &str| {
             format!(
@@ -143,7 +153,7 @@ impl AgentLab {
         let witnesses: Vec<String> = witnesses.iter().map(|w| format!("{w:?}")).collect();
         let mut s = format!(
             "[agent]\nname = \"{}\"\nsite = \"{}\"\nrole = \"{}\"\nwitnesses = [{}]\n\
-             fence_timeout = \"1s\"\nstate_log = \"{}\"\n\n\
+             fence_timeout = \"1s\"\nstate_log = \"{}\"\n{}\n\
              [hooks]\nactivate = [{}]\ndeactivate = [{}]\nfence = [{}]\nunfence = [{}]\n\n\
              [watchdog]\n{}\n",
             spec.name,
@@ -151,6 +161,14 @@ impl AgentLab {
             spec.role,
             witnesses.join(", "),
             self.state_log(&spec.name).display(),
+            match &spec.health_file {
+                Some(file) => format!(
+                    "health_check = {{ argv = [\"/bin/sh\", \"-c\", \"test -e {}\"], \
+                     timeout = \"1s\" }}",
+                    file.display()
+                ),
+                None => String::new(),
+            },
             hook("5s"),
             hook("5s"),
             hook("900ms"),

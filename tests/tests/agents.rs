@@ -747,3 +747,53 @@ fn agent_frozen_with_a_claim_resumed_after_a_newer_epoch_changes_nothing() {
     assert_eq!(after["state"], old["state"], "{after}");
     assert_eq!(after["state"], "superseded", "{after}");
 }
+
+/// A healthy agent vetoes the failover of its site: every witness probes
+/// dc-a's services down, but dc-a's mailstore agent's health check passes,
+/// so nothing fails over and `status` says why; once the check fails, the
+/// failover proceeds.
+#[test]
+fn a_healthy_agent_vetoes_failover_until_its_health_check_fails() {
+    let mut sites = Sites::start();
+    let c = Cluster::running(3, "", &policy(&sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    let healthy = lab.path("mbox-a.healthy");
+    std::fs::write(&healthy, "").expect("health file");
+    let a = lab.start(
+        &AgentSpec::new("mbox-a", "dc-a", "mailstore").health_file(&healthy),
+        &w,
+    );
+    wait_state(&a, "serving", Some(1), AGENT_SETTLE);
+
+    sites.kill('a');
+    let vetoed = wait_until(FAILOVER_BOUND, "the agent's veto in status", || {
+        c.status().filter(|s| {
+            s["decision"].as_array().is_some_and(|lines| {
+                lines
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|d| d.contains("agent mbox-a") && d.contains("(veto)"))
+            })
+        })
+    });
+    assert_eq!(vetoed["active_site"], "dc-a", "{vetoed:#}");
+    // Detection is done; hold through more than a whole failover's worth
+    // of lease wait (lease_ttl × (1+ρ)/(1−ρ) + margin ≈ 4.1 s).
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        if let Some(s) = c.status() {
+            assert_eq!(s["active_site"], "dc-a", "vetoed, yet failed over: {s:#}");
+            assert_eq!(s["epoch"], 1, "{s:#}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(a.state().as_deref(), Some("serving"), "{}", a.log());
+
+    // The service is really gone: the check fails, the veto ends.
+    std::fs::remove_file(&healthy).expect("remove health file");
+    c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+    let fenced = wait_state(&a, "fenced", None, SETTLE);
+    assert!(fenced["boottime_ms"].as_u64().is_some(), "{fenced}");
+}
