@@ -70,6 +70,10 @@ pub struct AgentSpec {
     /// A health check that passes while this file exists; `None`: no
     /// health check (the agent reports its service unhealthy).
     pub health_file: Option<PathBuf>,
+    /// A proxy's `witness bgp` config: its hooks then also announce
+    /// (`activate`, `unfence`) and withdraw (`fence` first, `deactivate`)
+    /// the VIP, as `deploy/examples/agent-proxy.toml` does.
+    pub bgp_config: Option<PathBuf>,
 }
 
 impl AgentSpec {
@@ -81,7 +85,13 @@ impl AgentSpec {
             env: Vec::new(),
             watchdog: None,
             health_file: None,
+            bgp_config: None,
         }
+    }
+
+    pub fn bgp(mut self, config: &Path) -> AgentSpec {
+        self.bgp_config = Some(config.to_path_buf());
+        self
     }
 
     pub fn health_file(mut self, file: &Path) -> AgentSpec {
@@ -150,6 +160,26 @@ impl AgentLab {
                 self.hook_log().display()
             )
         };
+        // The BGP commands of a proxy, or nothing.
+        let bgp = |args: &str, timeout: &str| match &spec.bgp_config {
+            Some(config) => format!(
+                "{{ argv = [{:?}, \"bgp\", {args}, \"--config\", {:?}], timeout = \"{timeout}\" }}",
+                witness_bin().display().to_string(),
+                config.display().to_string()
+            ),
+            None => String::new(),
+        };
+        let announce = bgp("\"announce\"", "6s");
+        let withdraw = bgp("\"withdraw\"", "6s");
+        // The fence must finish within fence_timeout (1 s) with the record.
+        let withdraw_now = bgp("\"withdraw\", \"--timeout\", \"350ms\"", "400ms");
+        let hooks = |list: &[&String]| {
+            list.iter()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let witnesses: Vec<String> = witnesses.iter().map(|w| format!("{w:?}")).collect();
         let mut s = format!(
             "[agent]\nname = \"{}\"\nsite = \"{}\"\nrole = \"{}\"\nwitnesses = [{}]\n\
@@ -169,10 +199,10 @@ impl AgentLab {
                 ),
                 None => String::new(),
             },
-            hook("5s"),
-            hook("5s"),
-            hook("900ms"),
-            hook("5s"),
+            hooks(&[&hook("5s"), &announce]),
+            hooks(&[&withdraw, &hook("5s")]),
+            hooks(&[&withdraw_now, &hook("500ms")]),
+            hooks(&[&hook("5s"), &announce]),
             match &spec.watchdog {
                 Some(device) => format!(
                     "mode = \"required\"\ndevice = \"{}\"\ntimeout = \"1s\"",

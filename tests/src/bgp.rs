@@ -127,11 +127,15 @@ fn template(name: &str) -> String {
 }
 
 /// Three BIRDs in three namespaces. Fields drop in order: the BIRDs are
-/// killed and reaped, then the namespaces removed, then the files.
+/// killed and reaped, then the namespaces removed (when the lab made
+/// them), then the files.
 pub struct BgpLab {
     birds: BTreeMap<String, Proc>,
-    /// The hosts; torn down on drop.
-    pub net: Net,
+    /// The hosts, when the lab made them ([`BgpLab::start`]); torn down on
+    /// drop. `None` on another's hosts ([`BgpLab::start_on`]).
+    pub net: Option<Net>,
+    /// Each BIRD host's namespace and address.
+    hosts: BTreeMap<String, (String, Ipv4Addr)>,
     /// Configs, sockets, pid files, logs, include files.
     pub dir: tempfile::TempDir,
 }
@@ -154,9 +158,30 @@ impl BgpLab {
             topology = topology.host(host, Some(site));
         }
         let net = topology.create().expect("create namespaces");
+        let mut lab = BgpLab::start_on(&net);
+        lab.net = Some(net);
+        Some(lab)
+    }
+
+    /// The same BIRDs on the hosts `router`, `a-proxy` and `b-proxy` of
+    /// `net`, which someone else made (e.g. a
+    /// [`NetCluster`](crate::netcluster::NetCluster) started with a router
+    /// host) and keeps until this lab is dropped. The caller has checked
+    /// [`skipped`].
+    pub fn start_on(net: &Net) -> BgpLab {
+        let hosts = std::iter::once(ROUTER)
+            .chain(PROXIES.iter().map(|p| p.0))
+            .map(|h| {
+                let host = Host::from(h);
+                let ns = net.netns(&host).expect("a BIRD host of this net");
+                let addr = net.addr(&host).expect("a BIRD host of this net");
+                (h.to_string(), (ns.to_string(), addr))
+            })
+            .collect();
         let mut lab = BgpLab {
             birds: BTreeMap::new(),
-            net,
+            net: None,
+            hosts,
             dir: tempfile::tempdir().expect("temp dir"),
         };
         lab.write_configs();
@@ -167,10 +192,18 @@ impl BgpLab {
             assert!(out.status.success(), "initial withdraw: {}", text(&out));
         }
         for host in lab.hosts() {
-            lab.start_bird(&host);
+            lab.start_bird(net, &host);
         }
         lab.wait_sessions();
-        Some(lab)
+        lab
+    }
+
+    /// `argv` inside `host`'s namespace (`ip netns exec`, in place).
+    fn exec<S: AsRef<std::ffi::OsStr>>(&self, host: &str, argv: &[S]) -> Command {
+        let (ns, _) = self.hosts.get(host).expect("a lab host");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).args(argv);
+        cmd
     }
 
     fn hosts(&self) -> Vec<String> {
@@ -182,7 +215,7 @@ impl BgpLab {
 
     /// A host's address.
     pub fn addr(&self, host: &str) -> Ipv4Addr {
-        self.net.addr(&Host::from(host)).expect("a lab host")
+        self.hosts.get(host).expect("a lab host").1
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
@@ -257,7 +290,7 @@ impl BgpLab {
         self.path(&format!("{host}-bgp.toml"))
     }
 
-    fn start_bird(&mut self, host: &str) {
+    fn start_bird(&mut self, net: &Net, host: &str) {
         let conf = self.path(&format!("{host}.conf"));
         // Check the config first, so a template error reads as one.
         let check = Command::new("bird")
@@ -286,7 +319,7 @@ impl BgpLab {
             ],
         )
         .log(self.path(&format!("{host}.stderr")));
-        let p = Proc::spawn(&self.net, spec).expect("start bird in its namespace");
+        let p = Proc::spawn(net, spec).expect("start bird in its namespace");
         self.birds.insert(host.to_string(), p);
     }
 
@@ -359,10 +392,7 @@ impl BgpLab {
         argv.extend(args.iter().map(Into::into));
         argv.push("--config".into());
         argv.push(self.bgp_toml(host).into_os_string());
-        let mut cmd = self
-            .net
-            .exec(&Host::from(host), &argv)
-            .expect("a command in the host's namespace");
+        let mut cmd = self.exec(host, &argv);
         cmd.env_remove("WITNESS_EPOCH");
         if let Some(e) = epoch {
             cmd.env("WITNESS_EPOCH", e.to_string());
@@ -394,10 +424,7 @@ impl BgpLab {
     /// The router's kernel route for the VIP (`ip route show <VIP>`), as
     /// BIRD's kernel protocol installed it.
     pub fn router_kernel_route(&self) -> String {
-        let cmd = self
-            .net
-            .exec(&Host::from(ROUTER), &["ip", "route", "show", VIP])
-            .expect("ip in the router");
+        let cmd = self.exec(ROUTER, &["ip", "route", "show", VIP]);
         let out = jepsen::cmd::run(cmd, None, CALL_TIMEOUT).expect("run ip route");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }

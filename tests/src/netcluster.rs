@@ -164,6 +164,18 @@ impl NetCluster {
     /// policy TOML inserted before the sites. `None` (after a loud SKIPPED)
     /// when namespaces are unavailable.
     pub fn start(tag: &str, octet: u8, extra: &str) -> Option<NetCluster> {
+        NetCluster::start_with_hosts(tag, octet, extra, &[])
+    }
+
+    /// As [`start`](Self::start), with `more` hosts (name, site) added
+    /// after the operator's host, e.g. an upstream router for
+    /// [`BgpLab::start_on`](crate::bgp::BgpLab::start_on).
+    pub fn start_with_hosts(
+        tag: &str,
+        octet: u8,
+        extra: &str,
+        more: &[(&str, Option<&str>)],
+    ) -> Option<NetCluster> {
         if skipped() {
             return None;
         }
@@ -175,10 +187,11 @@ impl NetCluster {
         for (host, site, _, _) in SERVICES {
             topology = topology.host(host, Some(site));
         }
-        let net = topology
-            .host(OPS, None)
-            .create()
-            .expect("create namespaces");
+        topology = topology.host(OPS, None);
+        for (host, site) in more {
+            topology = topology.host(*host, *site);
+        }
+        let net = topology.create().expect("create namespaces");
         let mut c = NetCluster {
             witnesses: BTreeMap::new(),
             services: BTreeMap::new(),

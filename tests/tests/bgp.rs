@@ -1,16 +1,28 @@
 //! `witness bgp` against real BIRD 2 speakers: a router and one proxy per
 //! site, each in its own network namespace, configured from the shipped
-//! templates in `deploy/bgp/` (see `witness_e2e::bgp`).
+//! templates in `deploy/bgp/` (see `witness_e2e::bgp`) — first driven by
+//! hand, then by real agents and witnesses through a site failover.
 //!
 //! Needs root and BIRD 2; prints `SKIPPED:` and returns otherwise (CI runs
 //! as root and installs `bird2`).
 
 use std::fs;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use jepsen::Host;
 use witness::bgp::{exit, med};
-use witness_e2e::bgp::{BgpLab, PROPAGATE, best, via};
-use witness_e2e::text;
+use witness_e2e::agents::{AgentLab, AgentSpec, boottime_ms};
+use witness_e2e::bgp::{BgpLab, PROPAGATE, ROUTER, best, via};
+use witness_e2e::netcluster::NetCluster;
+use witness_e2e::{SETTLE, text, wait_until};
+
+/// The fake Carbonio CLI (the agents need one; proxies never call it).
+const FAKE: &str = env!("CARGO_BIN_EXE_fake_carbonio");
+/// Detection, the lease wait and the commits, with slack.
+const FAILOVER_BOUND: Duration = Duration::from_secs(40);
+/// How often the router's best path is sampled during a failover.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
 /// The data-plane fence end to end, as the agents' hooks drive it:
 ///
@@ -141,4 +153,111 @@ fn lower_med_of_the_newer_epoch_wins_at_the_router() {
     let end = lab.router_routes();
     assert_eq!(end, again, "nothing above may change the router's view");
     eprintln!("bgp: whole scenario took {:?}", started.elapsed());
+}
+
+/// The data-plane failover end to end, driven by the agents: three
+/// witnesses, each data site's proxy host running BIRD and `witness agent`
+/// whose hooks run `witness bgp`, and an upstream router running BIRD, all
+/// in network namespaces. dc-a announces the VIP at epoch 1; its services
+/// die; its proxy's lease runs out and its fence hook withdraws the route;
+/// dc-b is activated at epoch 2 and its proxy announces. The router's best
+/// path, sampled throughout on the shared boot clock, points at dc-b only
+/// after dc-a's agent fenced, and never at dc-a again once it pointed at
+/// dc-b.
+#[test]
+fn agents_move_the_vip_route_to_the_new_site_only_after_the_old_one_fenced() {
+    if witness_e2e::bgp::skipped() {
+        return;
+    }
+    witness_e2e::bin_dir();
+    let Some(mut c) = NetCluster::start_with_hosts("bga", 42, "", &[(ROUTER, None)]) else {
+        return;
+    };
+    let lab = BgpLab::start_on(&c.net);
+    let (a, b) = (lab.addr("a-proxy"), lab.addr("b-proxy"));
+    let agents = AgentLab::new(FAKE);
+    let start = |host: &str, site: &str, order: &[u64]| {
+        let spec = AgentSpec::new(host, site, "proxy").bgp(&lab.bgp_toml(host));
+        agents.start_via(&spec, &c.endpoints(order), |argv| {
+            c.net
+                .exec(&Host::from(host), argv)
+                .expect("a host of this cluster")
+        })
+    };
+    let proxy_a = start("a-proxy", "dc-a", &[1, 3, 2]);
+    let proxy_b = start("b-proxy", "dc-b", &[2, 3, 1]);
+    lab.wait_routes(SETTLE, "dc-a's route at epoch 1", |r| {
+        r.len() == 1 && best(r).is_some_and(|x| x.via == Some(a.into()) && x.med() == Some(med(1)))
+    });
+    wait_until(SETTLE, "b-proxy standby at epoch 1", || {
+        proxy_b.first("standby", Some(1))
+    });
+
+    let stop = AtomicBool::new(false);
+    let samples = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let routes = lab.router_routes();
+                seen.push((boottime_ms(), best(&routes).and_then(|r| r.via)));
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+            seen
+        });
+        c.kill_site("dc-a");
+        c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+        lab.wait_routes(SETTLE, "only dc-b's route, at epoch 2", |r| {
+            r.len() == 1
+                && best(r).is_some_and(|x| x.via == Some(b.into()) && x.med() == Some(med(2)))
+        });
+        // A little more of the new state, to see nothing flap back.
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::SeqCst);
+        sampler.join().expect("the sampler")
+    });
+
+    let fenced = proxy_a
+        .first("fenced", None)
+        .and_then(|f| f["boottime_ms"].as_u64())
+        .unwrap_or_else(|| panic!("a-proxy never fenced:\n{}", proxy_a.log()));
+    let first_b = samples
+        .iter()
+        .position(|(_, via)| *via == Some(b.into()))
+        .unwrap_or_else(|| panic!("the router never chose dc-b: {samples:?}"));
+    assert!(
+        samples[first_b].0 >= fenced,
+        "the router chose dc-b at boot+{} ms, before dc-a's proxy fenced at boot+{fenced} ms",
+        samples[first_b].0
+    );
+    let back = samples[first_b..]
+        .iter()
+        .find(|(_, via)| *via == Some(a.into()));
+    assert_eq!(back, None, "the router went back to dc-a: {samples:?}");
+    assert!(
+        samples[..first_b]
+            .iter()
+            .all(|(_, via)| *via != Some(b.into())),
+        "{samples:?}"
+    );
+    assert!(
+        agents
+            .runs_of("activate", "b-proxy")
+            .iter()
+            .any(|r| r.epoch == 2),
+        "b-proxy activated at epoch 2"
+    );
+    assert!(
+        agents
+            .runs_of("fence", "a-proxy")
+            .iter()
+            .any(|r| r.epoch == 1),
+        "a-proxy's fence hook ran"
+    );
+    let kernel = lab.wait_kernel_route_via(b);
+    eprintln!(
+        "bgp: {} samples; dc-a fenced at boot+{fenced} ms, the router chose dc-b at boot+{} ms; \
+         kernel route: {kernel}",
+        samples.len(),
+        samples[first_b].0
+    );
 }
