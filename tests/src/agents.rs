@@ -74,6 +74,8 @@ pub struct AgentSpec {
     /// (`activate`, `unfence`) and withdraw (`fence` first, `deactivate`)
     /// the VIP, as `deploy/examples/agent-proxy.toml` does.
     pub bgp_config: Option<PathBuf>,
+    /// `agent.fence_timeout` (default 1 s, the policy's margin).
+    pub fence_timeout: String,
 }
 
 impl AgentSpec {
@@ -86,7 +88,13 @@ impl AgentSpec {
             watchdog: None,
             health_file: None,
             bgp_config: None,
+            fence_timeout: "1s".into(),
         }
+    }
+
+    pub fn fence_timeout(mut self, timeout: &str) -> AgentSpec {
+        self.fence_timeout = timeout.into();
+        self
     }
 
     pub fn bgp(mut self, config: &Path) -> AgentSpec {
@@ -183,13 +191,14 @@ impl AgentLab {
         let witnesses: Vec<String> = witnesses.iter().map(|w| format!("{w:?}")).collect();
         let mut s = format!(
             "[agent]\nname = \"{}\"\nsite = \"{}\"\nrole = \"{}\"\nwitnesses = [{}]\n\
-             fence_timeout = \"1s\"\nstate_log = \"{}\"\n{}\n\
+             fence_timeout = \"{}\"\nstate_log = \"{}\"\n{}\n\
              [hooks]\nactivate = [{}]\ndeactivate = [{}]\nfence = [{}]\nunfence = [{}]\n\n\
              [watchdog]\n{}\n",
             spec.name,
             spec.site,
             spec.role,
             witnesses.join(", "),
+            spec.fence_timeout,
             self.state_log(&spec.name).display(),
             match &spec.health_file {
                 Some(file) => format!(

@@ -797,3 +797,31 @@ fn a_healthy_agent_vetoes_failover_until_its_health_check_fails() {
     let fenced = wait_state(&a, "fenced", None, SETTLE);
     assert!(fenced["boottime_ms"].as_u64().is_some(), "{fenced}");
 }
+
+/// An agent that could not fence within the policy's margin (its
+/// fence_timeout is 2 s, the margin 1 s) is refused every lease, with the
+/// reason in its log: the leader's lease wait would end before it had
+/// stopped serving. A correctly configured agent beside it serves.
+#[test]
+fn an_agent_slower_to_fence_than_the_margin_is_refused_leases() {
+    let sites = Sites::start();
+    let c = Cluster::running(3, "", &policy(&sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    let slow = lab.start(
+        &AgentSpec::new("mbox-a", "dc-a", "mailstore").fence_timeout("2s"),
+        &w,
+    );
+    let good = lab.start(&AgentSpec::new("proxy-a", "dc-a", "proxy"), &w);
+    wait_state(&good, "serving", Some(1), AGENT_SETTLE);
+    wait_until(AGENT_SETTLE, "the slow agent's refusal in its log", || {
+        slow.log().contains("lease margin is 1000 ms").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(slow.first("serving", None), None, "{}", slow.log());
+    assert!(
+        lab.runs_of("activate", "mbox-a").is_empty(),
+        "the refused agent activated"
+    );
+}
