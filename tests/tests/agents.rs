@@ -825,3 +825,118 @@ fn an_agent_slower_to_fence_than_the_margin_is_refused_leases() {
         "the refused agent activated"
     );
 }
+
+/// `getAccountStatus` output for one account of `source` with its replica
+/// on `destination` at `replica_sequence` (the source is at 1200).
+fn account_status(source: &str, destination: &str, replica_sequence: u64) -> String {
+    serde_json::json!({"response": {"values": [{
+        "accountId": "id-1", "accountName": "alice@example.test",
+        "accountMailHost": source, "paused": false, "mailboxId": 7,
+        "sequence": 1200, "itemId": 345,
+        "replicas": [{
+            "accountId": "id-1", "itemId": 345, "sequence": replica_sequence,
+            "mailboxId": 9, "destination": destination, "available": true,
+            "priority": 10, "canConnectToKafka": true
+        }]
+    }]}})
+    .to_string()
+}
+
+/// Failing back to the home site first checks, on its mailstore, that its
+/// replicas caught up with the site that was active (`getAccountStatus`):
+/// while they lag, the pre-flight fails with the reason in `directives
+/// list` and nothing is promoted; once they caught up, an operator retry
+/// lets the promotion run, once.
+#[test]
+fn failback_promotes_only_after_the_replica_preflight_passes() {
+    let mut sites = Sites::start();
+    let c = Cluster::running(3, "", &policy(&sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    let status = lab.path("account-status.json");
+    std::fs::write(
+        &status,
+        account_status("mbox.dc-b.test", "mbox.dc-a.test", 1100),
+    )
+    .expect("status file");
+    let mbox_a = lab.start(
+        &AgentSpec::new("mbox-a", "dc-a", "mailstore")
+            .env("FAKE_CARBONIO_STATUS_FILE", &status.display().to_string()),
+        &w,
+    );
+    let mbox_b = lab.start(&AgentSpec::new("mbox-b", "dc-b", "mailstore"), &w);
+    wait_state(&mbox_a, "serving", Some(1), AGENT_SETTLE);
+    wait_state(&mbox_b, "standby", Some(1), AGENT_SETTLE);
+
+    sites.kill('a');
+    c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+    wait_until(SETTLE, "2/promote done", || {
+        directive(&c, "promote").filter(|d| d["state"] == "done")
+    });
+    sites.revive('a');
+    wait_until(FAILOVER_BOUND, "the operator's failback to dc-a", || {
+        c.ctl(&["failover", "--to", "dc-a", "--reason", "failback"])
+            .status
+            .success()
+            .then_some(())
+    });
+    c.wait_verdict("dc-a", 3, FAILOVER_BOUND);
+
+    let lagging = wait_until(Duration::from_secs(60), "3/preflight to fail", || {
+        directive(&c, "preflight").filter(|d| {
+            d["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("have not caught up"))
+        })
+    });
+    assert_eq!(lagging["agent"], "mbox-a", "{lagging}");
+    assert!(
+        lab.carbonio_starts("promoteAccounts")
+            .iter()
+            .all(|p| p["epoch"] != "3"),
+        "promoted over lagging replicas: {:#?}",
+        lab.carbonio_calls()
+    );
+    let promote = directive(&c, "promote").expect("3/promote");
+    assert_eq!(promote["state"], "pending", "{promote}");
+
+    // The replicas catch up; the operator re-arms the pre-flight if it
+    // gave up, and the promotion follows.
+    std::fs::write(
+        &status,
+        account_status("mbox.dc-b.test", "mbox.dc-a.test", 1200),
+    )
+    .expect("status file");
+    let preflight = directive(&c, "preflight").expect("3/preflight");
+    if preflight["state"] == "failed" {
+        let out = c.ctl(&[
+            "directives",
+            "retry",
+            "3/preflight",
+            "--reason",
+            "replicas caught up",
+        ]);
+        assert!(out.status.success(), "retry: {}", text(&out));
+    }
+    wait_until(Duration::from_secs(60), "3/promote done", || {
+        directive(&c, "promote").filter(|d| d["state"] == "done")
+    });
+    let at_3: Vec<Value> = lab
+        .carbonio_starts("promoteAccounts")
+        .into_iter()
+        .filter(|p| p["epoch"] == "3")
+        .collect();
+    assert_eq!(at_3.len(), 1, "{at_3:#?}");
+    let argv: Vec<&str> = at_3[0]["argv"]
+        .as_array()
+        .expect("argv")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        argv.windows(2)
+            .any(|w| w == ["source_mail_host", "mbox.dc-b.test"]),
+        "{argv:?}"
+    );
+}
