@@ -318,6 +318,41 @@ fn claimant_killed_mid_directive_claim_expires_and_another_agent_retries() {
     assert!(lab.carbonio_end(second_pid).is_some(), "the retry finished");
 }
 
+/// Resume an agent frozen (SIGSTOP) with its command (pid `pid`, process
+/// group `group`) while it held a claim that has since lapsed: the agent
+/// first kills its still-stopped command by its own deadline (SIGKILL
+/// reaches a stopped process), then its late report of generation 1 is
+/// refused, and the command never finishes. The agent is resumed before
+/// the command: had the command run first it could finish before the agent
+/// runs again — a frozen machine is bounded only by the outside fence, and
+/// commands are idempotent by contract.
+fn resume_frozen_claimant(lab: &AgentLab, frozen: &AgentProc, pid: u64, group: i64) {
+    frozen.resume();
+    wait_until(SETTLE, "the frozen agent to kill its command", || {
+        frozen
+            .log()
+            .contains("the command was killed")
+            .then_some(())
+    });
+    signal(-group, libc::SIGCONT);
+    wait_until(
+        SETTLE,
+        "the frozen agent's late report to be refused",
+        || {
+            frozen
+                .log()
+                .contains("(generation 1) was ignored")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        lab.carbonio_end(pid).is_none(),
+        "the stale command ran to its end: {:#?}",
+        lab.carbonio_calls()
+    );
+}
+
 /// A claimant frozen (SIGSTOP, with its command) past its claim's expiry
 /// loses the directive to the other agent, which completes it; when it
 /// resumes, it kills its own command by its own deadline and its late
@@ -352,36 +387,7 @@ fn late_report_of_an_older_generation_is_ignored() {
     assert_eq!(done["agent"].as_str(), Some(other.name.as_str()), "{done}");
     assert_eq!(done["generation"], 2, "{done}");
 
-    // The agent first: it must kill its still-stopped command by its own
-    // deadline (SIGKILL reaches a stopped process). Had the command been
-    // resumed first it could finish before the agent runs again: a frozen
-    // machine is bounded only by the outside fence, and commands are
-    // idempotent by contract.
-    frozen.resume();
-    wait_until(SETTLE, "the frozen agent to kill its command", || {
-        frozen
-            .log()
-            .contains("the command was killed")
-            .then_some(())
-    });
-    signal(-group, libc::SIGCONT);
-    wait_until(
-        SETTLE,
-        "the frozen agent's late report to be refused",
-        || {
-            frozen
-                .log()
-                .contains("(generation 1) was ignored")
-                .then_some(())
-        },
-    );
-    // Its command never finished: killed with its process group.
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        lab.carbonio_end(pid).is_none(),
-        "{:#?}",
-        lab.carbonio_calls()
-    );
+    resume_frozen_claimant(&lab, frozen, pid, group);
     let starts = lab.carbonio_starts("promoteAccounts");
     assert_eq!(starts.len(), 2, "one run per claim: {starts:#?}");
     let after = directive(&c, "promote").expect("directive");
@@ -718,30 +724,7 @@ fn agent_frozen_with_a_claim_resumed_after_a_newer_epoch_changes_nothing() {
         directive_of_epoch(&c, 2, "promote").filter(|d| d["state"] == "superseded")
     });
 
-    frozen.resume();
-    wait_until(SETTLE, "the frozen agent to kill its command", || {
-        frozen
-            .log()
-            .contains("the command was killed")
-            .then_some(())
-    });
-    signal(-group, libc::SIGCONT);
-    wait_until(
-        SETTLE,
-        "the frozen agent's late report to be refused",
-        || {
-            frozen
-                .log()
-                .contains("(generation 1) was ignored")
-                .then_some(())
-        },
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        lab.carbonio_end(pid).is_none(),
-        "the stale promotion ran to its end: {:#?}",
-        lab.carbonio_calls()
-    );
+    resume_frozen_claimant(&lab, &frozen, pid, group);
     assert_eq!(lab.carbonio_starts("promoteAccounts").len(), 1);
     let after = directive_of_epoch(&c, 2, "promote").expect("2/promote is kept");
     assert_eq!(after["state"], old["state"], "{after}");
