@@ -923,3 +923,105 @@ fn failback_promotes_only_after_the_replica_preflight_passes() {
         "{argv:?}"
     );
 }
+
+/// The value of the sample `line_start` (a metric name with its labels) in
+/// a `/metrics` text.
+fn metric(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start) && l[line_start.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `/metrics` on the HTTP port tells what `status` tells: exactly one
+/// leader, the verdict and epoch on every witness, and on the leader the
+/// serving agent and the leases it granted; each witness's own probes of
+/// every target; then, after a failover, the new epoch and active site.
+#[test]
+fn metrics_show_the_verdict_leader_agents_and_leases() {
+    let mut sites = Sites::start();
+    let c = Cluster::running(3, "", &policy(&sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let a = lab.start(&AgentSpec::new("proxy-a", "dc-a", "proxy"), &witnesses(&c));
+    wait_state(&a, "serving", Some(1), AGENT_SETTLE);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let scrape = |port: u16| {
+        let (code, body) = http_get(port, "/metrics").expect("/metrics answers");
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    let texts: Vec<String> = c.nodes.iter().map(|n| scrape(n.http)).collect();
+    let leaders: Vec<usize> = texts
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| metric(t, "witness_raft_is_leader") == Some(1.0))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(leaders.len(), 1, "exactly one leader: {texts:#?}");
+    for t in &texts {
+        assert_eq!(metric(t, "witness_verdict_epoch"), Some(1.0), "{t}");
+        assert_eq!(
+            metric(t, "witness_verdict_active{site=\"dc-a\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            metric(t, "witness_verdict_active{site=\"dc-b\"}"),
+            Some(0.0)
+        );
+        assert_eq!(metric(t, "witness_ready"), Some(1.0));
+        for site in ["dc-a", "dc-b"] {
+            for target in ["mailstore", "proxy"] {
+                let role = target;
+                assert_eq!(
+                    metric(
+                        t,
+                        &format!(
+                            "witness_probe_target_health{{site=\"{site}\",target=\"{target}\",\
+                             role=\"{role}\",health=\"up\"}}"
+                        )
+                    ),
+                    Some(1.0),
+                    "{t}"
+                );
+            }
+        }
+    }
+    let leader = &texts[leaders[0]];
+    assert_eq!(
+        metric(
+            leader,
+            "witness_agent_state{agent=\"proxy-a\",site=\"dc-a\",role=\"proxy\",state=\"serving\"}"
+        ),
+        Some(1.0),
+        "{leader}"
+    );
+    let granted = metric(
+        leader,
+        "witness_lease_renewals_total{site=\"dc-a\",outcome=\"granted\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(granted >= 1.0, "{leader}");
+
+    sites.kill('a');
+    c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+    let after = scrape(c.nodes[0].http);
+    assert_eq!(
+        metric(&after, "witness_verdict_epoch"),
+        Some(2.0),
+        "{after}"
+    );
+    assert_eq!(
+        metric(&after, "witness_verdict_active{site=\"dc-b\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "witness_probe_target_health{site=\"dc-a\",target=\"mailstore\",role=\"mailstore\",health=\"down\"}"
+        ),
+        Some(1.0),
+        "{after}"
+    );
+}

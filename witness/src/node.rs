@@ -244,6 +244,8 @@ pub struct Node {
     pub soft: std::sync::Mutex<crate::driver::Soft>,
     /// This witness's probes; `None` until started.
     prober: std::sync::Mutex<Option<crate::probe::Prober>>,
+    /// Events counted for `/metrics` between scrapes.
+    pub counters: crate::server::metrics::Counters,
 }
 
 /// Errors of operator-facing node operations, mapped to gRPC codes by the
@@ -356,6 +358,7 @@ impl Node {
                 ..Default::default()
             }),
             prober: std::sync::Mutex::new(None),
+            counters: Default::default(),
         });
         node.refresh_members();
         tokio::spawn(watch_membership(node.clone()));

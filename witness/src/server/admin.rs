@@ -37,6 +37,14 @@ impl AdminService {
         Self { node }
     }
 
+    /// This node's own status, as `witnessctl status --local` shows it
+    /// (never forwarded): what `/metrics` reports.
+    pub fn local_snapshot(&self) -> StatusReply {
+        let mut reply = self.local_status(String::new());
+        self.add_verdict_view(&mut reply);
+        reply
+    }
+
     async fn forward<T, R, F, Fut>(
         &self,
         request: &Request<T>,

@@ -4,21 +4,25 @@
 //! - `/healthz`: 200 while the process and its Raft core run.
 //! - `/readyz`: 200 once the node is a member that knows its leader and has
 //!   applied the cluster policy; otherwise 503 with the reason in the body.
+//! - `/metrics`: Prometheus metrics ([`super::metrics`]).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use openraft::async_runtime::WatchReceiver;
 
+use super::admin::AdminService;
 use crate::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(node)
 }
 
@@ -40,4 +44,22 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, String) {
             format!("not ready: {why}\n"),
         ),
     }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let status = AdminService::new(node.clone()).local_snapshot();
+    let view = node.local_view();
+    let text = super::metrics::render(
+        &status,
+        view.as_deref(),
+        &node.counters,
+        crate::clock::unix_ms(),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod directives;
 pub mod http;
+pub mod metrics;
 pub mod raft_service;
 pub mod witness_service;
 

@@ -131,15 +131,15 @@ impl WitnessService {
     }
 }
 
-fn refused(req: &RenewLeaseRequest, epoch: u64, reason: String) -> Response<RenewLeaseReply> {
-    Response::new(RenewLeaseReply {
+fn refused(req: &RenewLeaseRequest, epoch: u64, reason: String) -> RenewLeaseReply {
+    RenewLeaseReply {
         granted: false,
         nonce: req.nonce,
         epoch,
         lease_ttl_ms: 0,
         reason,
         ..RenewLeaseReply::default()
-    })
+    }
 }
 
 #[tonic::async_trait]
@@ -226,76 +226,9 @@ impl Witness for WitnessService {
             return r;
         }
         let req = request.into_inner();
-        self.node.record_agent(AgentReport {
-            agent: req.agent.clone(),
-            site: req.site.clone(),
-            role: req.role.clone(),
-            state: req.state.clone(),
-            state_for_ms: req.state_for_ms,
-            service_healthy: req.service_healthy,
-            age_ms: 0,
-        });
-        let term = self.node.raft.metrics().borrow_watched().current_term;
-        // The read-index round starts now, after the request arrived; its
-        // quorum acknowledges a heartbeat sent after this point.
-        self.node.linearizable_barrier().await?;
-        let m = self.node.raft.metrics().borrow_watched().clone();
-        if m.state != ServerState::Leader || m.current_term != term {
-            return Err(Status::unavailable(
-                "leadership changed during the renewal; retry",
-            ));
-        }
-        let applied = self.node.state.current();
-        let state = &applied.state;
-        let epoch = state.verdict.epoch;
-        let Some(policy) = state.policy.as_ref() else {
-            return Ok(refused(&req, epoch, "no policy committed yet".into()));
-        };
-        if state.verdict.active_site.as_deref() != Some(req.site.as_str()) {
-            let active = state.verdict.active_site.as_deref().unwrap_or("none");
-            return Ok(refused(
-                &req,
-                epoch,
-                format!("{} is not the active site ({active} is)", req.site),
-            ));
-        }
-        if req.epoch != epoch {
-            return Ok(refused(
-                &req,
-                epoch,
-                format!("epoch {} is not the current epoch {epoch}", req.epoch),
-            ));
-        }
-        let margin = policy.lease.margin.as_millis() as u64;
-        if req.fence_timeout_ms > margin || req.watchdog_timeout_ms > margin {
-            return Ok(refused(
-                &req,
-                epoch,
-                format!(
-                    "agent {} has fence_timeout {} ms / watchdog timeout {} ms, but the policy's \
-                     lease margin is {margin} ms: an agent must be able to fence within the \
-                     margin. Lower its timeouts or raise [lease] margin",
-                    req.agent, req.fence_timeout_ms, req.watchdog_timeout_ms
-                ),
-            ));
-        }
-        if let Err(GrantRefusal::Draining { site }) =
-            self.node.record_grant(term, &req.site, &req.agent, epoch)
-        {
-            return Ok(refused(
-                &req,
-                epoch,
-                format!("{site} is being drained for a failover: no new leases"),
-            ));
-        }
-        Ok(Response::new(RenewLeaseReply {
-            granted: true,
-            nonce: req.nonce,
-            epoch,
-            lease_ttl_ms: policy.lease.lease_ttl.as_millis() as u64,
-            reason: String::new(),
-            renew_interval_ms: policy.lease.renew_interval.as_millis() as u64,
-        }))
+        let reply = self.answer_renewal(&req).await?;
+        self.node.counters.lease_answered(&req.site, &reply);
+        Ok(Response::new(reply))
     }
 
     async fn claim_directive(
@@ -521,5 +454,81 @@ impl Witness for WitnessService {
             }
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
         }
+    }
+}
+
+impl WitnessService {
+    /// The leader's answer to a renewal (after the read-index round).
+    async fn answer_renewal(&self, req: &RenewLeaseRequest) -> Result<RenewLeaseReply, Status> {
+        self.node.record_agent(AgentReport {
+            agent: req.agent.clone(),
+            site: req.site.clone(),
+            role: req.role.clone(),
+            state: req.state.clone(),
+            state_for_ms: req.state_for_ms,
+            service_healthy: req.service_healthy,
+            age_ms: 0,
+        });
+        let term = self.node.raft.metrics().borrow_watched().current_term;
+        // The read-index round starts now, after the request arrived; its
+        // quorum acknowledges a heartbeat sent after this point.
+        self.node.linearizable_barrier().await?;
+        let m = self.node.raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader || m.current_term != term {
+            return Err(Status::unavailable(
+                "leadership changed during the renewal; retry",
+            ));
+        }
+        let applied = self.node.state.current();
+        let state = &applied.state;
+        let epoch = state.verdict.epoch;
+        let Some(policy) = state.policy.as_ref() else {
+            return Ok(refused(req, epoch, "no policy committed yet".into()));
+        };
+        if state.verdict.active_site.as_deref() != Some(req.site.as_str()) {
+            let active = state.verdict.active_site.as_deref().unwrap_or("none");
+            return Ok(refused(
+                req,
+                epoch,
+                format!("{} is not the active site ({active} is)", req.site),
+            ));
+        }
+        if req.epoch != epoch {
+            return Ok(refused(
+                req,
+                epoch,
+                format!("epoch {} is not the current epoch {epoch}", req.epoch),
+            ));
+        }
+        let margin = policy.lease.margin.as_millis() as u64;
+        if req.fence_timeout_ms > margin || req.watchdog_timeout_ms > margin {
+            return Ok(refused(
+                req,
+                epoch,
+                format!(
+                    "agent {} has fence_timeout {} ms / watchdog timeout {} ms, but the policy's \
+                     lease margin is {margin} ms: an agent must be able to fence within the \
+                     margin. Lower its timeouts or raise [lease] margin",
+                    req.agent, req.fence_timeout_ms, req.watchdog_timeout_ms
+                ),
+            ));
+        }
+        if let Err(GrantRefusal::Draining { site }) =
+            self.node.record_grant(term, &req.site, &req.agent, epoch)
+        {
+            return Ok(refused(
+                req,
+                epoch,
+                format!("{site} is being drained for a failover: no new leases"),
+            ));
+        }
+        Ok(RenewLeaseReply {
+            granted: true,
+            nonce: req.nonce,
+            epoch,
+            lease_ttl_ms: policy.lease.lease_ttl.as_millis() as u64,
+            reason: String::new(),
+            renew_interval_ms: policy.lease.renew_interval.as_millis() as u64,
+        })
     }
 }
