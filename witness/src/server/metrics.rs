@@ -509,6 +509,83 @@ mod tests {
         }
     }
 
+    fn view() -> LocalView {
+        use crate::probe::{ConsulView, SiteView, TargetView};
+        let target = TargetView {
+            name: "proxy".into(),
+            role: "proxy".into(),
+            critical: true,
+            health: Health::Up,
+            consecutive: 3,
+            last_error: None,
+            last_latency_ms: Some(12),
+            consul: None,
+        };
+        LocalView {
+            sites: [(
+                "dc-b".to_string(),
+                SiteView {
+                    site: "dc-b".into(),
+                    health: Health::Up,
+                    changed_at_ms: 1,
+                    targets: vec![target],
+                },
+            )]
+            .into_iter()
+            .collect(),
+            consul: ConsulView {
+                mode: "corroborate".into(),
+                reachable: true,
+                leader: Some("10.0.0.1:8300".into()),
+                error: None,
+                fetched_at_ms: 1_000,
+            },
+        }
+    }
+
+    /// The Grafana dashboard shipped in deploy/grafana/ asks only for
+    /// metrics this module writes.
+    #[test]
+    fn the_dashboard_uses_only_metrics_that_exist() {
+        let text = render(&status(), Some(&view()), &Counters::default(), 3_000);
+        assert!(
+            text.lines()
+                .any(|l| l == "witness_consul_reading_age_seconds 2"),
+            "{text}"
+        );
+        let declared: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/witness.json");
+        let dashboard = std::fs::read_to_string(&path).expect("read the dashboard");
+        let json: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+        assert!(json["panels"].as_array().is_some_and(|p| !p.is_empty()));
+        let mut used = std::collections::BTreeSet::new();
+        let bytes = dashboard.as_bytes();
+        let mut i = 0;
+        while let Some(at) = dashboard[i..].find("witness_") {
+            let start = i + at;
+            let end = dashboard[start..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(dashboard.len(), |n| start + n);
+            let before = start.checked_sub(1).map(|b| bytes[b]);
+            if !before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                used.insert(&dashboard[start..end]);
+            }
+            i = end;
+        }
+        assert!(used.len() >= 10, "{used:?}");
+        for name in &used {
+            assert!(
+                declared.contains(name),
+                "the dashboard uses {name}, which /metrics does not serve"
+            );
+        }
+    }
+
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
