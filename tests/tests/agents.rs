@@ -479,7 +479,7 @@ fn leader_killed_right_after_activate_directives_still_run_once() {
     let lab = AgentLab::new(FAKE);
     let w = witnesses(&c);
     let mbox_b = lab.start(
-        &AgentSpec::new("mbox-b", "dc-b", "mailstore").env("FAKE_CARBONIO_SLEEP_MS", "2000"),
+        &AgentSpec::new("mbox-b", "dc-b", "mailstore").env("FAKE_CARBONIO_SLEEP_MS", "6000"),
         &w,
     );
     let proxy_b = lab.start(&AgentSpec::new("proxy-b", "dc-b", "proxy"), &w);
@@ -494,10 +494,13 @@ fn leader_killed_right_after_activate_directives_still_run_once() {
     let new_leader = c.wait_for_leader(&rest, SETTLE);
     assert_ne!(new_leader, leader);
 
+    // The promotion (6 s) outlives the election: its claim is renewed
+    // across the leader change, and the first claim finishes it.
     let done = wait_until(Duration::from_secs(60), "2/promote done", || {
         directive(&c, "promote").filter(|d| d["state"] == "done")
     });
     assert_eq!(done["agent"], "mbox-b", "{done}");
+    assert_eq!(done["generation"], 1, "one claim, one run: {done}");
     let activated = wait_until(SETTLE, "proxy-b activated at epoch 2", || {
         lab.runs_of("activate", "proxy-b")
             .into_iter()

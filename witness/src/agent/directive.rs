@@ -16,7 +16,11 @@
 //!   than the leader's start — minus a safety margin for clock drift and
 //!   for killing the command, so the command's whole process group is dead
 //!   before the leader can give the directive away. It is also killed at
-//!   once when a renewal is refused (the leader says the claim is gone).
+//!   once when a renewal is refused (the leader says the claim is gone),
+//!   but not when a new leader only lacks a lease of this agent in its own
+//!   book (`still_held`): the claim is still ours, so the command keeps
+//!   running while the lease loop renews, and the renewal is retried —
+//!   still bounded by the own deadline.
 //!   A process that is frozen (SIGSTOP, a paused VM) cannot keep this
 //!   promise; its late report is refused because it names an older
 //!   generation, and the commands are idempotent by contract.
@@ -216,6 +220,17 @@ pub async fn execute(job: Job) -> Finished {
                         let renewed =
                             Deadline::after(answer.sent, ttl.saturating_sub(claim_margin(ttl)));
                         own_deadline = own_deadline.max(renewed);
+                    }
+                    Ok(reply) if reply.still_held => {
+                        // A new leader that has not granted us a lease yet:
+                        // the lease loop renews it; keep running until our
+                        // own deadline, retrying soon.
+                        tracing::warn!(
+                            directive = %id,
+                            "claim renewal not granted yet ({}); retrying", reply.reason
+                        );
+                        next_renewal = BootInstant::now()
+                            .saturating_add(Duration::from_millis(200).min(renew_every));
                     }
                     Ok(reply) => {
                         break End::Stopped(format!(

@@ -343,6 +343,7 @@ impl Witness for WitnessService {
                 granted: false,
                 claim_ttl_ms: 0,
                 reason,
+                still_held: false,
             }))
         };
         let (term, applied) = match self.fresh_state(req.epoch).await? {
@@ -375,7 +376,14 @@ impl Witness for WitnessService {
                 .node
                 .check_agent_lease(term, &req.agent, req.epoch, lease_ttl)
         {
-            return refuse(why);
+            // The claim itself is current: a leader that has not granted
+            // this agent a lease yet (a new one) only asks it to renew first.
+            return Ok(Response::new(RenewClaimReply {
+                granted: false,
+                claim_ttl_ms: 0,
+                reason: why,
+                still_held: true,
+            }));
         }
         self.node.arm_claim(
             req.epoch,
@@ -387,6 +395,7 @@ impl Witness for WitnessService {
             granted: true,
             claim_ttl_ms: ttl,
             reason: String::new(),
+            still_held: false,
         }))
     }
 
