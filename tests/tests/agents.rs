@@ -36,6 +36,17 @@ fn witnesses(c: &Cluster) -> Vec<String> {
     c.nodes.iter().map(|n| n.addr()).collect()
 }
 
+/// Two sites' services, three witnesses with dc-a active at epoch 1, an
+/// agent lab, and the witnesses' endpoints (for the agents' files).
+fn active_dc_a() -> (Sites, Cluster, AgentLab, Vec<String>) {
+    let sites = Sites::start();
+    let c = Cluster::running(3, "", &policy(&sites));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    (sites, c, lab, w)
+}
+
 /// The current epoch's directive `name` from `witnessctl directives list`.
 fn directive(c: &Cluster, name: &str) -> Option<Value> {
     let out = c.ctl(&["--timeout", "3s", "--output", "json", "directives", "list"]);
@@ -65,11 +76,7 @@ fn wait_state(agent: &AgentProc, state: &str, epoch: Option<u64>, within: Durati
 /// started serving (the serving logs, on the shared BOOTTIME clock).
 #[test]
 fn site_dies_other_site_promotes_once_and_proxy_activates_after_promotion() {
-    let mut sites = Sites::start();
-    let c = Cluster::running(3, "", &policy(&sites));
-    c.wait_verdict("dc-a", 1, SETTLE);
-    let lab = AgentLab::new(FAKE);
-    let w = witnesses(&c);
+    let (mut sites, c, lab, w) = active_dc_a();
     let mbox_a = lab.start(&AgentSpec::new("mbox-a", "dc-a", "mailstore"), &w);
     let proxy_a = lab.start(&AgentSpec::new("proxy-a", "dc-a", "proxy"), &w);
     let mbox_b = lab.start(&AgentSpec::new("mbox-b", "dc-b", "mailstore"), &w);
@@ -170,11 +177,7 @@ fn site_dies_other_site_promotes_once_and_proxy_activates_after_promotion() {
 /// and unfences.
 #[test]
 fn site_cut_off_from_witnesses_fences_in_time_and_unfences_when_they_return() {
-    let sites = Sites::start();
-    let mut c = Cluster::running(3, "", &policy(&sites));
-    c.wait_verdict("dc-a", 1, SETTLE);
-    let lab = AgentLab::new(FAKE);
-    let w = witnesses(&c);
+    let (_sites, mut c, lab, w) = active_dc_a();
     let agents = [
         lab.start(&AgentSpec::new("mbox-a", "dc-a", "mailstore"), &w),
         lab.start(&AgentSpec::new("proxy-a", "dc-a", "proxy"), &w),
@@ -409,11 +412,7 @@ fn late_report_of_an_older_generation_is_ignored() {
 /// fences nothing.
 #[test]
 fn clean_stop_fences_only_a_serving_agent() {
-    let sites = Sites::start();
-    let c = Cluster::running(3, "", &policy(&sites));
-    c.wait_verdict("dc-a", 1, SETTLE);
-    let lab = AgentLab::new(FAKE);
-    let w = witnesses(&c);
+    let (_sites, _c, lab, w) = active_dc_a();
     let mut serving = lab.start(&AgentSpec::new("proxy-a", "dc-a", "proxy"), &w);
     let mut standby = lab.start(&AgentSpec::new("proxy-b", "dc-b", "proxy"), &w);
     wait_state(&serving, "serving", Some(1), AGENT_SETTLE);
@@ -473,11 +472,7 @@ fn best_effort_stop_of_the_old_sites_ha_module_runs_without_a_lease() {
 /// new site's proxy activates once, after it.
 #[test]
 fn leader_killed_right_after_activate_directives_still_run_once() {
-    let mut sites = Sites::start();
-    let mut c = Cluster::running(3, "", &policy(&sites));
-    c.wait_verdict("dc-a", 1, SETTLE);
-    let lab = AgentLab::new(FAKE);
-    let w = witnesses(&c);
+    let (mut sites, mut c, lab, w) = active_dc_a();
     let mbox_b = lab.start(
         &AgentSpec::new("mbox-b", "dc-b", "mailstore").env("FAKE_CARBONIO_SLEEP_MS", "6000"),
         &w,
@@ -560,11 +555,7 @@ fn longest_pet_gap(events: &[(u64, WatchdogEvent)], from: usize) -> u64 {
 #[test]
 fn watchdog_is_petted_only_while_the_lease_is_valid() {
     use WatchdogEvent::*;
-    let sites = Sites::start();
-    let mut c = Cluster::running(3, "", &policy(&sites));
-    c.wait_verdict("dc-a", 1, SETTLE);
-    let lab = AgentLab::new(FAKE);
-    let w = witnesses(&c);
+    let (_sites, mut c, lab, w) = active_dc_a();
     let dog_a = FakeWatchdog::new(&lab.path("watchdog-a"));
     let dog_b = FakeWatchdog::new(&lab.path("watchdog-b"));
     let mut a = lab.start(
@@ -687,11 +678,7 @@ fn directive_of_epoch(c: &Cluster, epoch: u64, name: &str) -> Option<Value> {
 /// kills its command by its own deadline, and its late report is ignored.
 #[test]
 fn agent_frozen_with_a_claim_resumed_after_a_newer_epoch_changes_nothing() {
-    let mut sites = Sites::start();
-    let c = Cluster::running(3, "", &policy(&sites));
-    c.wait_verdict("dc-a", 1, SETTLE);
-    let lab = AgentLab::new(FAKE);
-    let w = witnesses(&c);
+    let (mut sites, c, lab, w) = active_dc_a();
     let frozen = lab.start(
         &AgentSpec::new("mbox-b", "dc-b", "mailstore").env("FAKE_CARBONIO_SLEEP_MS", "6000"),
         &w,
@@ -740,11 +727,7 @@ fn agent_frozen_with_a_claim_resumed_after_a_newer_epoch_changes_nothing() {
 /// failover proceeds.
 #[test]
 fn a_healthy_agent_vetoes_failover_until_its_health_check_fails() {
-    let mut sites = Sites::start();
-    let c = Cluster::running(3, "", &policy(&sites));
-    c.wait_verdict("dc-a", 1, SETTLE);
-    let lab = AgentLab::new(FAKE);
-    let w = witnesses(&c);
+    let (mut sites, c, lab, w) = active_dc_a();
     let healthy = lab.path("mbox-a.healthy");
     std::fs::write(&healthy, "").expect("health file");
     let a = lab.start(
@@ -790,11 +773,7 @@ fn a_healthy_agent_vetoes_failover_until_its_health_check_fails() {
 /// stopped serving. A correctly configured agent beside it serves.
 #[test]
 fn an_agent_slower_to_fence_than_the_margin_is_refused_leases() {
-    let sites = Sites::start();
-    let c = Cluster::running(3, "", &policy(&sites));
-    c.wait_verdict("dc-a", 1, SETTLE);
-    let lab = AgentLab::new(FAKE);
-    let w = witnesses(&c);
+    let (_sites, _c, lab, w) = active_dc_a();
     let slow = lab.start(
         &AgentSpec::new("mbox-a", "dc-a", "mailstore").fence_timeout("2s"),
         &w,
@@ -835,11 +814,7 @@ fn account_status(source: &str, destination: &str, replica_sequence: u64) -> Str
 /// lets the promotion run, once.
 #[test]
 fn failback_promotes_only_after_the_replica_preflight_passes() {
-    let mut sites = Sites::start();
-    let c = Cluster::running(3, "", &policy(&sites));
-    c.wait_verdict("dc-a", 1, SETTLE);
-    let lab = AgentLab::new(FAKE);
-    let w = witnesses(&c);
+    let (mut sites, c, lab, w) = active_dc_a();
     let status = lab.path("account-status.json");
     std::fs::write(
         &status,
