@@ -394,18 +394,14 @@ impl Net {
         self.layout.netns(host)
     }
 
-    /// A command that runs `argv` inside `host` (`ip netns exec <ns> argv…`).
-    /// `ip netns exec` execs the program in place, so the child's pid is the
-    /// program's own and signals reach it directly.
+    /// A command that runs `argv` inside `host` ([`netns::exec`]).
     pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, host: &Host, argv: &[S]) -> Result<Command> {
         if argv.is_empty() {
             return Err(Error::InvalidSpec(format!(
                 "empty command line for host {host}"
             )));
         }
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", self.netns(host)?]).args(argv);
-        Ok(c)
+        Ok(netns::exec(self.netns(host)?, argv))
     }
 
     /// Run `f` on a fresh thread inside `host`'s namespace: sockets it

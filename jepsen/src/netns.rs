@@ -29,6 +29,15 @@ pub fn path(ns: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(ns)
 }
 
+/// A command that runs `argv` inside namespace `ns` (`ip netns exec <ns>
+/// argv…`). `ip netns exec` execs the program in place, so the child's pid
+/// is the program's own and signals reach it directly.
+pub fn exec<S: AsRef<std::ffi::OsStr>>(ns: &str, argv: &[S]) -> std::process::Command {
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", ns]).args(argv);
+    c
+}
+
 /// Whether a named namespace exists.
 pub fn exists(ns: &str) -> bool {
     path(ns).exists()

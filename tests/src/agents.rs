@@ -168,26 +168,22 @@ impl AgentLab {
                 self.hook_log().display()
             )
         };
-        // The BGP commands of a proxy, or nothing.
-        let bgp = |args: &str, timeout: &str| match &spec.bgp_config {
-            Some(config) => format!(
-                "{{ argv = [{:?}, \"bgp\", {args}, \"--config\", {:?}], timeout = \"{timeout}\" }}",
-                witness_bin().display().to_string(),
-                config.display().to_string()
-            ),
-            None => String::new(),
+        // The BGP commands of a proxy, if it has them.
+        let bgp = |args: &str, timeout: &str| {
+            spec.bgp_config.as_ref().map(|config| {
+                format!(
+                    "{{ argv = [{:?}, \"bgp\", {args}, \"--config\", {:?}], timeout = \"{timeout}\" }}",
+                    witness_bin().display().to_string(),
+                    config.display().to_string()
+                )
+            })
         };
         let announce = bgp("\"announce\"", "6s");
         let withdraw = bgp("\"withdraw\"", "6s");
         // The fence must finish within fence_timeout (1 s) with the record.
         let withdraw_now = bgp("\"withdraw\", \"--timeout\", \"350ms\"", "400ms");
-        let hooks = |list: &[&String]| {
-            list.iter()
-                .filter(|h| !h.is_empty())
-                .map(|h| h.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let hooks =
+            |list: [Option<String>; 2]| list.into_iter().flatten().collect::<Vec<_>>().join(", ");
         let witnesses: Vec<String> = witnesses.iter().map(|w| format!("{w:?}")).collect();
         let mut s = format!(
             "[agent]\nname = \"{}\"\nsite = \"{}\"\nrole = \"{}\"\nwitnesses = [{}]\n\
@@ -208,10 +204,10 @@ impl AgentLab {
                 ),
                 None => String::new(),
             },
-            hooks(&[&hook("5s"), &announce]),
-            hooks(&[&withdraw, &hook("5s")]),
-            hooks(&[&withdraw_now, &hook("500ms")]),
-            hooks(&[&hook("5s"), &announce]),
+            hooks([Some(hook("5s")), announce.clone()]),
+            hooks([withdraw, Some(hook("5s"))]),
+            hooks([withdraw_now, Some(hook("500ms"))]),
+            hooks([Some(hook("5s")), announce]),
             match &spec.watchdog {
                 Some(device) => format!(
                     "mode = \"required\"\ndevice = \"{}\"\ntimeout = \"1s\"",

@@ -198,12 +198,10 @@ impl BgpLab {
         lab
     }
 
-    /// `argv` inside `host`'s namespace (`ip netns exec`, in place).
+    /// `argv` inside `host`'s namespace.
     fn exec<S: AsRef<std::ffi::OsStr>>(&self, host: &str, argv: &[S]) -> Command {
         let (ns, _) = self.hosts.get(host).expect("a lab host");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).args(argv);
-        cmd
+        jepsen::netns::exec(ns, argv)
     }
 
     fn hosts(&self) -> Vec<String> {

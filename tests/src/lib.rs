@@ -80,16 +80,13 @@ pub fn witnessctl_bin() -> PathBuf {
 /// skipping ports that are in use right now.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    static NEXT: AtomicU32 = AtomicU32::new(0);
 
     let (low, high) = non_ephemeral_range();
     let span = u32::from(high - low);
-    if NEXT.load(Ordering::Relaxed) == u32::MAX {
-        let seed = std::process::id().wrapping_mul(2_654_435_761) % span;
-        let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::Relaxed, Ordering::Relaxed);
-    }
+    let start = std::process::id().wrapping_mul(2_654_435_761);
     for _ in 0..span {
-        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
         let port = low + offset as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;

@@ -49,16 +49,41 @@ fn active_dc_a() -> (Sites, Cluster, AgentLab, Vec<String>) {
 
 /// The current epoch's directive `name` from `witnessctl directives list`.
 fn directive(c: &Cluster, name: &str) -> Option<Value> {
-    let out = c.ctl(&["--timeout", "3s", "--output", "json", "directives", "list"]);
+    directives(c, false)?
+        .into_iter()
+        .find(|d| d["name"] == name)
+}
+
+/// `witnessctl directives list` (with `--all`: the kept earlier epochs too).
+fn directives(c: &Cluster, all: bool) -> Option<Vec<Value>> {
+    let mut args = vec!["--timeout", "3s", "--output", "json", "directives", "list"];
+    if all {
+        args.push("--all");
+    }
+    let out = c.ctl(&args);
     if !out.status.success() {
         return None;
     }
     let list: Value = serde_json::from_slice(&out.stdout).ok()?;
-    list["directives"]
-        .as_array()?
-        .iter()
-        .find(|d| d["name"] == name)
-        .cloned()
+    list["directives"].as_array().cloned()
+}
+
+/// Revive dc-a and have the operator make it active again (retried until a
+/// majority sees it up), at epoch 3.
+fn operator_fails_back_to_dc_a(sites: &mut Sites, c: &Cluster, extra: &[&str]) {
+    sites.revive('a');
+    let mut args = vec![
+        "failover",
+        "--to",
+        "dc-a",
+        "--reason",
+        "back to the home site",
+    ];
+    args.extend_from_slice(extra);
+    wait_until(FAILOVER_BOUND, "the operator's failover to dc-a", || {
+        c.ctl(&args).status.success().then_some(())
+    });
+    c.wait_verdict("dc-a", 3, FAILOVER_BOUND);
 }
 
 fn wait_state(agent: &AgentProc, state: &str, epoch: Option<u64>, within: Duration) -> Value {
@@ -652,24 +677,9 @@ fn watchdog_is_petted_only_while_the_lease_is_valid() {
 
 /// A directive of epoch `epoch` named `name`, from `directives list --all`.
 fn directive_of_epoch(c: &Cluster, epoch: u64, name: &str) -> Option<Value> {
-    let out = c.ctl(&[
-        "--timeout",
-        "3s",
-        "--output",
-        "json",
-        "directives",
-        "list",
-        "--all",
-    ]);
-    if !out.status.success() {
-        return None;
-    }
-    let list: Value = serde_json::from_slice(&out.stdout).ok()?;
-    list["directives"]
-        .as_array()?
-        .iter()
+    directives(c, true)?
+        .into_iter()
         .find(|d| d["name"] == name && d["epoch"] == epoch)
-        .cloned()
 }
 
 /// An agent frozen (SIGSTOP, with its command) while it holds the
@@ -695,21 +705,7 @@ fn agent_frozen_with_a_claim_resumed_after_a_newer_epoch_changes_nothing() {
     signal(-group, libc::SIGSTOP);
 
     // dc-a comes back and the operator makes it active again: epoch 3.
-    sites.revive('a');
-    wait_until(FAILOVER_BOUND, "the operator's failover to dc-a", || {
-        c.ctl(&[
-            "failover",
-            "--to",
-            "dc-a",
-            "--reason",
-            "back to the home site",
-            "--accept-data-loss",
-        ])
-        .status
-        .success()
-        .then_some(())
-    });
-    c.wait_verdict("dc-a", 3, FAILOVER_BOUND);
+    operator_fails_back_to_dc_a(&mut sites, &c, &["--accept-data-loss"]);
     let old = wait_until(SETTLE, "2/promote superseded", || {
         directive_of_epoch(&c, 2, "promote").filter(|d| d["state"] == "superseded")
     });
@@ -835,14 +831,7 @@ fn failback_promotes_only_after_the_replica_preflight_passes() {
     wait_until(SETTLE, "2/promote done", || {
         directive(&c, "promote").filter(|d| d["state"] == "done")
     });
-    sites.revive('a');
-    wait_until(FAILOVER_BOUND, "the operator's failback to dc-a", || {
-        c.ctl(&["failover", "--to", "dc-a", "--reason", "failback"])
-            .status
-            .success()
-            .then_some(())
-    });
-    c.wait_verdict("dc-a", 3, FAILOVER_BOUND);
+    operator_fails_back_to_dc_a(&mut sites, &c, &[]);
 
     let lagging = wait_until(Duration::from_secs(60), "3/preflight to fail", || {
         directive(&c, "preflight").filter(|d| {

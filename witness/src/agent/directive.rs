@@ -214,23 +214,18 @@ pub async fn execute(job: Job) -> Finished {
             } => {
                 renewal = None;
                 next_renewal = BootInstant::now().saturating_add(renew_every);
-                match answer.result {
+                let retry = match answer.result {
                     Ok(reply) if reply.granted => {
                         let ttl = Duration::from_millis(reply.claim_ttl_ms.max(1));
                         let renewed =
                             Deadline::after(answer.sent, ttl.saturating_sub(claim_margin(ttl)));
                         own_deadline = own_deadline.max(renewed);
+                        None
                     }
+                    // A new leader that has not granted us a lease yet: the
+                    // lease loop renews it.
                     Ok(reply) if reply.still_held => {
-                        // A new leader that has not granted us a lease yet:
-                        // the lease loop renews it; keep running until our
-                        // own deadline, retrying soon.
-                        tracing::warn!(
-                            directive = %id,
-                            "claim renewal not granted yet ({}); retrying", reply.reason
-                        );
-                        next_renewal = BootInstant::now()
-                            .saturating_add(Duration::from_millis(200).min(renew_every));
+                        Some(format!("not granted yet ({})", reply.reason))
                     }
                     Ok(reply) => {
                         break End::Stopped(format!(
@@ -238,13 +233,14 @@ pub async fn execute(job: Job) -> Finished {
                             reply.reason
                         ));
                     }
-                    Err(e) => {
-                        // No answer is not a refusal: keep running until our
-                        // own deadline, retrying soon.
-                        tracing::warn!(directive = %id, "claim renewal failed: {e}; retrying");
-                        next_renewal = BootInstant::now()
-                            .saturating_add(Duration::from_millis(200).min(renew_every));
-                    }
+                    // No answer is not a refusal.
+                    Err(e) => Some(format!("failed: {e}")),
+                };
+                if let Some(why) = retry {
+                    // Keep running until our own deadline, retrying soon.
+                    tracing::warn!(directive = %id, "claim renewal {why}; retrying");
+                    next_renewal = BootInstant::now()
+                        .saturating_add(Duration::from_millis(200).min(renew_every));
                 }
             }
             () = tokio::time::sleep(CHECK_EVERY) => {}

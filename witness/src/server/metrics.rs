@@ -62,6 +62,23 @@ impl Out {
         let _ = writeln!(self.text, " {}", number(value));
     }
 
+    /// One sample per value of an enum-like label `key`: 1 for `current`,
+    /// 0 for the other `options`.
+    fn one_hot(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        key: &str,
+        options: &[&str],
+        current: &str,
+    ) {
+        for option in options {
+            let mut all = labels.to_vec();
+            all.push((key, option));
+            self.sample(name, &all, flag(*option == current));
+        }
+    }
+
     fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
         self.family(name, kind, help);
         self.sample(name, &[], value);
@@ -193,13 +210,7 @@ pub fn render(
         "gauge",
         "1 for the cluster's current mode: auto (automatic failover) or frozen.",
     );
-    for mode in MODES {
-        o.sample(
-            "witness_verdict_mode",
-            &[("mode", mode)],
-            flag(status.mode == mode),
-        );
-    }
+    o.one_hot("witness_verdict_mode", &[], "mode", &MODES, &status.mode);
 
     // Each site's tally across the witnesses, as the engine counts it.
     o.family(
@@ -257,18 +268,18 @@ pub fn render(
         "1 for each agent's current state (starting, standby, serving, fenced; leader only).",
     );
     for a in &status.agents {
-        for state in AGENT_STATES {
-            o.sample(
-                "witness_agent_state",
-                &[
-                    ("agent", &a.agent),
-                    ("site", &a.site),
-                    ("role", &a.role),
-                    ("state", state),
-                ],
-                flag(a.state == state),
-            );
-        }
+        let labels = [
+            ("agent", a.agent.as_str()),
+            ("site", &a.site),
+            ("role", &a.role),
+        ];
+        o.one_hot(
+            "witness_agent_state",
+            &labels,
+            "state",
+            &AGENT_STATES,
+            &a.state,
+        );
     }
     o.family(
         "witness_agent_last_heard_seconds",
@@ -324,18 +335,19 @@ pub fn render(
         );
         for site in view.sites.values() {
             for t in &site.targets {
-                for health in HEALTHS {
-                    o.sample(
-                        "witness_probe_target_health",
-                        &[
-                            ("site", &site.site),
-                            ("target", &t.name),
-                            ("role", &t.role),
-                            ("health", health),
-                        ],
-                        flag(health_name(t.health) == health),
-                    );
-                }
+                let labels = [
+                    ("site", site.site.as_str()),
+                    ("target", &t.name),
+                    ("role", &t.role),
+                ];
+                let health = health_name(t.health);
+                o.one_hot(
+                    "witness_probe_target_health",
+                    &labels,
+                    "health",
+                    &HEALTHS,
+                    health,
+                );
             }
         }
         o.family(
@@ -360,13 +372,15 @@ pub fn render(
             "1 for each site's health from this witness's probes alone (up, down, unknown).",
         );
         for site in view.sites.values() {
-            for health in HEALTHS {
-                o.sample(
-                    "witness_probe_site_health",
-                    &[("site", &site.site), ("health", health)],
-                    flag(health_name(site.health) == health),
-                );
-            }
+            let labels = [("site", site.site.as_str())];
+            let health = health_name(site.health);
+            o.one_hot(
+                "witness_probe_site_health",
+                &labels,
+                "health",
+                &HEALTHS,
+                health,
+            );
         }
         let consul = &view.consul;
         let read = consul.mode != "ignore" && consul.fetched_at_ms > 0;

@@ -111,16 +111,24 @@ enum Fresh {
 }
 
 impl WitnessService {
-    async fn fresh_state(&self, epoch: u64) -> Result<Fresh, Status> {
+    /// A read-index round that starts now, after the request arrived (its
+    /// quorum acknowledges a heartbeat sent after this point), on a leader
+    /// that stays leader throughout: the term and the state applied after
+    /// it. `what` names the request in the retry message.
+    async fn read_index_round(&self, what: &str) -> Result<(u64, Arc<AppliedState>), Status> {
         let term = self.node.raft.metrics().borrow_watched().current_term;
         self.node.linearizable_barrier().await?;
         let m = self.node.raft.metrics().borrow_watched().clone();
         if m.state != ServerState::Leader || m.current_term != term {
-            return Err(Status::unavailable(
-                "leadership changed during the request; retry",
-            ));
+            return Err(Status::unavailable(format!(
+                "leadership changed during the {what}; retry"
+            )));
         }
-        let applied = self.node.state.current();
+        Ok((term, self.node.state.current()))
+    }
+
+    async fn fresh_state(&self, epoch: u64) -> Result<Fresh, Status> {
+        let (term, applied) = self.read_index_round("request").await?;
         let current = applied.state.verdict.epoch;
         if epoch != current {
             return Ok(Fresh::Stale(format!(
@@ -478,17 +486,7 @@ impl WitnessService {
             service_healthy: req.service_healthy,
             age_ms: 0,
         });
-        let term = self.node.raft.metrics().borrow_watched().current_term;
-        // The read-index round starts now, after the request arrived; its
-        // quorum acknowledges a heartbeat sent after this point.
-        self.node.linearizable_barrier().await?;
-        let m = self.node.raft.metrics().borrow_watched().clone();
-        if m.state != ServerState::Leader || m.current_term != term {
-            return Err(Status::unavailable(
-                "leadership changed during the renewal; retry",
-            ));
-        }
-        let applied = self.node.state.current();
+        let (term, applied) = self.read_index_round("renewal").await?;
         let state = &applied.state;
         let epoch = state.verdict.epoch;
         let Some(policy) = state.policy.as_ref() else {

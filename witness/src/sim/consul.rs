@@ -609,6 +609,14 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(state: FakeState) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: Mutex::new(state),
+            changed: watch::Sender::new(0),
+            stopping: watch::Sender::new(false),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, FakeState> {
         // A panic while holding the lock can only come from a bug in a
         // test's closure; the state is still usable for the other requests.
@@ -648,17 +656,12 @@ impl FakeConsul {
     /// Serve `state` on `listener` (the caller chooses where it listens).
     pub fn start(listener: TcpListener, state: FakeState) -> io::Result<FakeConsul> {
         let addr = listener.local_addr()?;
-        Ok(FakeConsul::launch(addr, state, |router, shared| {
-            let listener = FaultyListener {
-                inner: listener,
-                shared: Arc::clone(&shared),
-            };
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { shared.until_stopping().await })
-                    .await
-            })
-        }))
+        let shared = Shared::new(state);
+        let listener = FaultyListener {
+            inner: listener,
+            shared: Arc::clone(&shared),
+        };
+        Ok(FakeConsul::launch(listener, addr, shared))
     }
 
     /// Serve `state` on any listener axum can serve, e.g. a simulated
@@ -670,29 +673,23 @@ impl FakeConsul {
         L: axum::serve::Listener,
         L::Addr: std::fmt::Debug,
     {
-        FakeConsul::launch(addr, state, |router, shared| {
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { shared.until_stopping().await })
-                    .await
-            })
-        })
+        FakeConsul::launch(listener, addr, Shared::new(state))
     }
 
-    fn launch(
-        addr: SocketAddr,
-        state: FakeState,
-        serve: impl FnOnce(axum::Router, Arc<Shared>) -> JoinHandle<io::Result<()>>,
-    ) -> FakeConsul {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(state),
-            changed: watch::Sender::new(0),
-            stopping: watch::Sender::new(false),
-        });
+    fn launch<L>(listener: L, addr: SocketAddr, shared: Arc<Shared>) -> FakeConsul
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let router = axum::Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&shared));
-        let server = serve(router, Arc::clone(&shared));
+        let stop = Arc::clone(&shared);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.until_stopping().await })
+                .await
+        });
         FakeConsul {
             addr,
             shared,
