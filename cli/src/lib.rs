@@ -27,7 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 use witness_proto::admin_client::AdminClient;
 use witness_proto::*;
 
-pub use output::{history_json, members_json, status_json};
+pub use witness_proto::json::{directives_json, history_json, members_json, status_json};
 
 #[derive(Parser, Debug)]
 #[command(name = "witnessctl", version, about = "Operate a Witness cluster")]
@@ -378,7 +378,7 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
                 })
                 .await?;
                 Ok(if json {
-                    pretty(&output::directives_json(&reply))
+                    pretty(&directives_json(&reply))
                 } else {
                     output::directives_table(&reply)
                 })

@@ -3,9 +3,8 @@
 //! Three services share one port: `Raft` (between witnesses only), `Witness`
 //! (agents) and `Admin` (operators and `witnessctl`).
 
-#![allow(clippy::all, missing_docs)]
-
 /// Generated messages and service stubs of package `witness.v1`.
+#[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("witness.v1");
 }
@@ -14,3 +13,5 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("witness_descriptor");
 
 pub use v1::*;
+
+pub mod json;
