@@ -11,18 +11,21 @@
 //!
 //! Exit codes (stable, for scripts):
 //! - 0: done.
-//! - 1: the cluster refused the request (invalid input, precondition failed).
+//! - 1: the cluster refused the request (invalid input, precondition
+//!   failed); for `check-topology`, some single loss leaves no majority.
 //! - 2: bad command line.
 //! - 3: no endpoint could be reached.
 //! - 4: reached, but the cluster could not answer (no leader, no quorum,
 //!   timeout).
 
 mod output;
+pub mod topology;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tonic::transport::{Channel, Endpoint};
 use witness_proto::admin_client::AdminClient;
 use witness_proto::*;
@@ -117,6 +120,38 @@ pub enum Command {
     TransferLeader {
         /// The voter to lead.
         to: u64,
+    },
+    /// Print changes as they happen (leader, verdict, each witness's view,
+    /// pending failover, agents, directives, committed decisions) until
+    /// Ctrl-C. With --output json, one JSON object per line.
+    Watch {
+        /// How often to read the cluster (e.g. 500ms, 2s).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+    },
+    /// Which single site or witness losses the placement survives, and
+    /// warnings (two voters in one site, an even voter count). Reads the
+    /// live cluster, or files with --config.
+    CheckTopology {
+        /// A witness config (witness.toml) whose [[peer]] list to check,
+        /// instead of the live cluster.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The cluster policy (cluster.toml) naming the mail sites; with
+        /// --config. Without it the mail sites are unknown.
+        #[arg(long, requires = "config")]
+        policy: Option<PathBuf>,
+    },
+    /// Print a shell completion script (e.g. `witnessctl completions bash
+    /// > /etc/bash_completion.d/witnessctl`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (witnessctl.1 and one per command) into a directory.
+    Man {
+        /// Where to write them (e.g. /usr/local/share/man/man1).
+        dir: PathBuf,
     },
 }
 
@@ -216,6 +251,17 @@ pub enum CtlError {
     Refused { endpoint: String, message: String },
     #[error("{endpoint}: {message}")]
     Unavailable { endpoint: String, message: String },
+    /// A check that ran and found a problem: the report, printed as is.
+    #[error("{0}")]
+    Finding(String),
+    /// An answer that is not what was asked for (a node's own view instead
+    /// of the leader's): `shown` goes to stdout, the error to stderr.
+    #[error("{endpoint}: {message}")]
+    Degraded {
+        endpoint: String,
+        message: String,
+        shown: String,
+    },
 }
 
 impl CtlError {
@@ -225,6 +271,8 @@ impl CtlError {
             CtlError::Unreachable(_) => exit::UNREACHABLE,
             CtlError::Refused { .. } => exit::REFUSED,
             CtlError::Unavailable { .. } => exit::UNAVAILABLE,
+            CtlError::Finding(_) => exit::REFUSED,
+            CtlError::Degraded { .. } => exit::UNAVAILABLE,
         }
     }
 }
@@ -241,10 +289,49 @@ pub fn run(cli: Cli) -> u8 {
             return exit::UNAVAILABLE;
         }
     };
+    if let Command::Watch { interval } = cli.command {
+        let json = cli.output == Output::Json;
+        let result = runtime.block_on(watch(
+            &cli,
+            interval,
+            |e| {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"at_unix_ms": unix_ms(), "kind": e.kind,
+                                           "text": e.text, "event": e.json})
+                    );
+                } else {
+                    println!("{}  {}", output::format_unix_ms(unix_ms()), e.text);
+                }
+            },
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        ));
+        return match result {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                e.code()
+            }
+        };
+    }
     match runtime.block_on(execute(&cli)) {
         Ok(text) => {
             print!("{text}");
             exit::OK
+        }
+        Err(CtlError::Finding(report)) => {
+            print!("{report}");
+            exit::REFUSED
+        }
+        Err(e @ CtlError::Degraded { .. }) => {
+            if let CtlError::Degraded { shown, .. } = &e {
+                print!("{shown}");
+            }
+            eprintln!("error: {e}");
+            e.code()
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -259,15 +346,55 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
     match &cli.command {
         Command::Status { local } => {
             let local = *local;
-            let reply = call(cli, Retry::Read, move |mut c| async move {
-                c.status(StatusRequest { local }).await
+            // A node that cannot reach the leader answers with its own view
+            // (its `note` says why). That is not what was asked for: keep
+            // it, move on to the next endpoint, and show it only if no
+            // endpoint can give the leader's view.
+            let fallback = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let kept = fallback.clone();
+            let reply = call(cli, Retry::Read, move |mut c| {
+                let kept = kept.clone();
+                async move {
+                    let resp = c.status(StatusRequest { local }).await?;
+                    if local || resp.get_ref().note.is_empty() {
+                        return Ok(resp);
+                    }
+                    let note = resp.get_ref().note.clone();
+                    *kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(resp.into_inner());
+                    Err(tonic::Status::unavailable(note))
+                }
             })
-            .await?;
-            Ok(if json {
-                pretty(&status_json(&reply))
-            } else {
-                output::status_table(&reply)
-            })
+            .await;
+            let render = |r: &StatusReply| {
+                if json {
+                    pretty(&status_json(r))
+                } else {
+                    output::status_table(r)
+                }
+            };
+            match reply {
+                Ok(reply) => Ok(render(&reply)),
+                Err(e @ CtlError::Unavailable { .. }) => {
+                    let own = fallback.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    match own {
+                        Some(own) => Err(CtlError::Degraded {
+                            endpoint: format!(
+                                "node {} ({})",
+                                own.answered_by, own.answered_by_name
+                            ),
+                            message: format!(
+                                "{}. Shown is that node's own view, not the cluster's: the \
+                                 cluster may have no quorum; check each witness with \
+                                 `witnessctl status --local` ({e})",
+                                own.note
+                            ),
+                            shown: render(&own),
+                        }),
+                        None => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            }
         }
         Command::Members { action } => match action {
             MembersAction::List => {
@@ -473,6 +600,49 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
                 format!("{}\n", reply.message)
             })
         }
+        Command::Watch { .. } => Err(CtlError::Usage(
+            "watch streams; run it through witnessctl::run or witnessctl::watch".into(),
+        )),
+        Command::CheckTopology { config, policy } => {
+            let (voters, mail_sites) = match config {
+                Some(path) => {
+                    let voters = topology::config_voters(path).map_err(CtlError::Usage)?;
+                    let sites = match policy {
+                        Some(p) => {
+                            let text = std::fs::read_to_string(p).map_err(|e| {
+                                CtlError::Usage(format!("cannot read {}: {e}", p.display()))
+                            })?;
+                            topology::policy_sites(&text).map_err(|e| {
+                                CtlError::Usage(format!(
+                                    "{} is not a cluster policy: {e}",
+                                    p.display()
+                                ))
+                            })?
+                        }
+                        None => Vec::new(),
+                    };
+                    (voters, sites)
+                }
+                None => live_topology(cli).await?,
+            };
+            let report = topology::analyze(&voters, &mail_sites);
+            let text = if json {
+                pretty(&topology::json(&report))
+            } else {
+                topology::table(&report)
+            };
+            if report.survives_every_single_loss() {
+                Ok(text)
+            } else {
+                Err(CtlError::Finding(text))
+            }
+        }
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "witnessctl", &mut out);
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        }
+        Command::Man { dir } => write_man_pages(dir),
         Command::TransferLeader { to } => {
             let to = *to;
             let reply = call(cli, Retry::Write, move |mut c| async move {
@@ -486,6 +656,151 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
             })
         }
     }
+}
+
+/// The voters and mail sites of the live cluster.
+async fn live_topology(cli: &Cli) -> Result<(Vec<topology::Voter>, Vec<String>), CtlError> {
+    let members = call(cli, Retry::Read, |mut c| async move {
+        c.members(MembersRequest {}).await
+    })
+    .await?;
+    let policy = call(cli, Retry::Read, |mut c| async move {
+        c.policy_show(PolicyShowRequest { allow_stale: false })
+            .await
+    })
+    .await?;
+    let voters = members
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| topology::Voter {
+            id: m.id,
+            name: m.name.clone(),
+            site: m.site.clone(),
+        })
+        .collect();
+    let sites = topology::policy_sites(&policy.toml).map_err(|e| CtlError::Unavailable {
+        endpoint: "the cluster".into(),
+        message: format!("the committed policy did not parse: {e}"),
+    })?;
+    Ok((voters, sites))
+}
+
+/// `witnessctl man DIR`: witnessctl.1, and witnessctl-<command>.1 for each
+/// command (nested ones as witnessctl-members-add.1).
+fn write_man_pages(dir: &std::path::Path) -> Result<String, CtlError> {
+    fn render(
+        cmd: &clap::Command,
+        name: &str,
+        dir: &std::path::Path,
+        written: &mut Vec<String>,
+    ) -> Result<(), CtlError> {
+        let cmd = cmd.clone().name(name.to_string());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone())
+            .render(&mut page)
+            .map_err(|e| CtlError::Usage(format!("rendering the man page of {name}: {e}")))?;
+        let file = dir.join(format!("{name}.1"));
+        std::fs::write(&file, page)
+            .map_err(|e| CtlError::Usage(format!("cannot write {}: {e}", file.display())))?;
+        written.push(file.display().to_string());
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            render(sub, &format!("{name}-{}", sub.get_name()), dir, written)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CtlError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    let mut written = Vec::new();
+    let mut cmd = Cli::command();
+    cmd.build();
+    render(&cmd, "witnessctl", dir, &mut written)?;
+    Ok(format!(
+        "wrote {} man pages:\n{}\n",
+        written.len(),
+        written.join("\n")
+    ))
+}
+
+/// Read the cluster every `interval` and hand each change to `emit` until
+/// `until` completes. The first reading must succeed; later failures are
+/// reported as `unreachable` events and the watch goes on.
+pub async fn watch(
+    cli: &Cli,
+    interval: Duration,
+    mut emit: impl FnMut(&watch::Event),
+    until: impl std::future::Future<Output = ()>,
+) -> Result<(), CtlError> {
+    let mut prev = read_cluster(cli).await?;
+    for e in watch::changes(None, &prev) {
+        emit(&e);
+    }
+    let mut lost: Option<String> = None;
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            _ = &mut until => return Ok(()),
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match read_cluster(cli).await {
+            Ok(next) => {
+                if lost.take().is_some() {
+                    emit(&watch::Event {
+                        kind: "reachable",
+                        text: "the cluster answers again".into(),
+                        json: serde_json::json!({"reachable": true}),
+                    });
+                }
+                for e in watch::changes(Some(&prev), &next) {
+                    emit(&e);
+                }
+                prev = next;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if lost.as_deref() != Some(text.as_str()) {
+                    emit(&watch::Event {
+                        kind: "unreachable",
+                        text: format!("cannot read the cluster: {text}"),
+                        json: serde_json::json!({"reachable": false, "error": text}),
+                    });
+                    lost = Some(text);
+                }
+            }
+        }
+    }
+}
+
+/// One reading for `watch`: the leader's status, the directives of the
+/// current epoch, and the newest history records.
+pub async fn read_cluster(cli: &Cli) -> Result<watch::Reading, CtlError> {
+    let status = call(cli, Retry::Read, |mut c| async move {
+        c.status(StatusRequest { local: false }).await
+    })
+    .await?;
+    let directives = call(cli, Retry::Read, |mut c| async move {
+        c.list_directives(ListDirectivesRequest {
+            include_past: false,
+        })
+        .await
+    })
+    .await?;
+    let history = call(cli, Retry::Read, |mut c| async move {
+        c.history(HistoryRequest { limit: 50 }).await
+    })
+    .await?;
+    Ok(watch::Reading {
+        status,
+        directives,
+        history: history.entries,
+    })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn members_change(json: bool, reply: &MembersReply) -> String {

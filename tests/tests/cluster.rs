@@ -471,21 +471,6 @@ fn sigterm_on_leader_hands_off_and_exits_cleanly() {
     assert_ne!(new, old);
 }
 
-/// witnessctl against a dead endpoint fails fast with exit code 3 and names
-/// the endpoint.
-#[test]
-fn witnessctl_dead_endpoint_exits_3() {
-    let port = free_port();
-    let c = Cluster::new(3);
-    let out = c.ctl_at(&format!("127.0.0.1:{port}"), &["--timeout", "2s", "status"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(&port.to_string()),
-        "{}",
-        text(&out)
-    );
-}
-
 /// An endpoint that accepts connections and hangs up mid-call: a read
 /// (`status`, `history`) moves on to the next endpoint and succeeds; a
 /// change (`freeze`) stops there with exit code 4, because the request may

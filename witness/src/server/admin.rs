@@ -630,14 +630,6 @@ impl Admin for AdminService {
         Ok(Response::new(HistoryReply { entries }))
     }
 
-    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<WatchEvent, Status>>;
-
-    async fn watch(&self, _request: Request<WatchRequest>) -> Res<Self::WatchStream> {
-        Err(Status::unimplemented(
-            "watch arrives with the operator's view",
-        ))
-    }
-
     async fn freeze(&self, request: Request<FreezeRequest>) -> Res<ModeReply> {
         let req = request.get_ref();
         if req.reason.trim().is_empty() {
