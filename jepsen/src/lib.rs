@@ -28,3 +28,5 @@ pub mod netns;
 pub use error::{Error, Result};
 pub use nemesis::{Latency, Nemesis, Proc, ProcSpec};
 pub use net::{Host, Net, Topology, cleanup_leftovers, cleanup_orphans, run_prefix};
+pub mod checker;
+pub mod history;
