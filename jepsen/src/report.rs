@@ -341,9 +341,9 @@ pub fn render(h: &History, r: &Results) -> String {
         let error = c.complete.and_then(|d| d.error.clone()).unwrap_or_default();
         let _ = write!(
             svg,
-            r#"<line x1="{:.1}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="{colour}" stroke-width="2"><title>process {} {}{} via {node}: {:?} {} {} ({:.1} ms, {} → {})</title></line>"#,
+            r#"<line x1="{:.1}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="{colour}" stroke-width="3"><title>process {} {}{} via {node}: {:?} {} {} ({:.1} ms, {} → {})</title></line>"#,
             axis.x(c.start()),
-            axis.x(end).max(axis.x(c.start()) + 1.5),
+            axis.x(end).max(axis.x(c.start()) + 3.0),
             c.invoke.process,
             c.f(),
             c.invoke
@@ -455,7 +455,7 @@ td,th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-ali
         );
     }
     html.push_str(
-        "<span>▼ committed decision (at proposal time)</span><span style=\"color:#c00\">✕ fenced</span> \
+        "<span>▲ committed decision (at proposal time)</span><span style=\"color:#c00\">✕ fenced</span> \
          <span>hover any mark for details</span></p>\n<div class=\"chart\">",
     );
     html.push_str(&svg);

@@ -34,7 +34,9 @@
 //! against the newest epoch `E` known committed (see
 //! [`KnownEpochs`](super::KnownEpochs)) at or before `t − route_grace_ms`:
 //! if `e < E`, the stale route still won; if `E` activated a site other
-//! than `s`, traffic went to the wrong site. Independently, a route whose
+//! than `s` (judged only for samples that carry no epoch; a sample with an
+//! epoch newer than `E` is ahead of the evidence, not stale), traffic went
+//! to the wrong site. Independently, a route whose
 //! epoch activated another site than the one it points at is a violation at
 //! any time. Samples with no route are never violations (no route is safe).
 
@@ -301,6 +303,11 @@ fn routes(h: &History, f: &mut Findings) {
             );
             continue;
         }
+        if r.epoch.is_some() {
+            // Its epoch is at least the newest known: a route ahead of the
+            // evidence, and its site was checked against its epoch above.
+            continue;
+        }
         let newest_site = sites
             .get(&newest)
             .map(|(s, _)| s.clone())
@@ -435,6 +442,7 @@ mod tests {
             vec![
                 activated(0.0, 1, 1, "dc-a"),
                 activated(4000.0, 2, 2, "dc-b"),
+                lease(500.0, "mbox-a", "dc-a", 1, 490.0, 3000),
                 // epoch 2 first known at 5000 (a lease at it)
                 lease(5000.0, "mbox-b", "dc-b", 2, 4990.0, 3000),
                 route(1000.0, Some("dc-a"), Some(1)),
@@ -444,6 +452,12 @@ mod tests {
         within.push(route(5500.0, Some("dc-a"), Some(1)));
         within.push(route(6100.0, Some("dc-b"), Some(2)));
         let r = check(&history(vec![within]));
+        assert_eq!(r.valid, Valid::True, "{r:?}");
+
+        // A route ahead of the evidence (epoch 2 before it was seen) is fine.
+        let mut ahead = base();
+        ahead.push(route(4500.0, Some("dc-b"), Some(2)));
+        let r = check(&history(vec![ahead]));
         assert_eq!(r.valid, Valid::True, "{r:?}");
 
         let mut late = base();
