@@ -3,7 +3,17 @@
 //! namespaces, attacked with partitions, packet loss, latency, crashes and
 //! pauses, in the manner of Jepsen.
 //!
-//! This crate so far holds the plumbing:
+//! A run records a [`history`] (`history.jsonl`: client operations, agents'
+//! serving logs and leases, hook and directive runs, outside probes, BIRD's
+//! best path, the committed decisions, faults and phases, all on the one
+//! kernel's `CLOCK_BOOTTIME`); the [`checker`]s judge it; [`results`]
+//! composes `results.json` (valid `true`, `false` or `"unknown"`) and
+//! [`report`] draws `timeline.html`. `jepsen analyze <dir>` re-runs all of
+//! that on a stored run (exit 0 valid, 1 invalid, 2 unknown, 3 bad input).
+//! The runner that produces histories comes separately; the schema it must
+//! write is documented in [`history`].
+//!
+//! The plumbing for running the real binaries under faults:
 //! - [`net`]: hosts as namespaces on one bridge, created and torn down
 //!   idempotently by run prefix, leftovers of crashed runs removed;
 //! - [`nemesis`]: network faults (iptables in the hosts' namespaces, a
@@ -19,11 +29,15 @@
 //!
 //! Needs root, `iproute2` and `iptables` (the nf_tables backend is fine).
 
+pub mod checker;
 pub mod cmd;
 pub mod error;
+pub mod history;
 pub mod nemesis;
 pub mod net;
 pub mod netns;
+pub mod report;
+pub mod results;
 
 pub use error::{Error, Result};
 pub use nemesis::{Latency, Nemesis, Proc, ProcSpec};

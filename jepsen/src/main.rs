@@ -1,20 +1,70 @@
-//! `jepsen`: the harness's command line. The runner (`test`, `test-all`,
-//! `analyze`) comes with the workload and checkers; until then this prints
-//! usage, and `cleanup` removes the leftovers of crashed runs.
+//! `jepsen`: the harness's command line.
+//!
+//! - `jepsen cleanup`: remove the leftovers (namespaces, chains) of crashed
+//!   runs whose owner process is dead.
+//! - `jepsen analyze <dir>`: re-read `<dir>/history.jsonl` and the node logs
+//!   (`meta.logs` and everything under `<dir>/logs/`), re-run every checker,
+//!   rewrite `<dir>/results.json` and `<dir>/timeline.html`, print a
+//!   summary.
+//!
+//! Exit status (Jepsen's, plus one for bad input):
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | valid (every checker true) |
+//! | 1 | invalid (some checker false) |
+//! | 2 | unknown (no checker false, some unknown) |
+//! | 3 | could not run: bad arguments, a missing or malformed history, an output not writable; the message says what to fix |
+//!
+//! The runner's `test` and `test-all` commands join [`Command`] when the
+//! workload lands.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage: jepsen <command>
+use clap::{Parser, Subcommand};
 
-commands:
-  cleanup   remove namespaces of crashed harness runs (owner process dead)
+/// Exit status when the command could not run at all.
+const EXIT_BAD_INPUT: u8 = 3;
 
-The test runner (test, test-all, analyze) is not built yet.";
+#[derive(Parser)]
+#[command(
+    name = "jepsen",
+    about = "Fault-injection harness for the witness: check recorded runs, clean up crashed ones",
+    after_help = "Exit status: 0 valid, 1 invalid, 2 unknown, 3 bad input or arguments."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Remove namespaces of crashed harness runs (owner process dead).
+    Cleanup,
+    /// Re-check a stored run: rewrite results.json and timeline.html.
+    Analyze {
+        /// The run directory (holds history.jsonl; node logs under logs/).
+        dir: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        Some("cleanup") => match jepsen::cleanup_orphans() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version are not errors; usage errors must not look
+            // like "unknown" (2), which is clap's default code.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_BAD_INPUT)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Cleanup => match jepsen::cleanup_orphans() {
             Ok(removed) => {
                 for p in removed {
                     println!("removed run {p}");
@@ -26,9 +76,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        _ => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
-        }
+        Command::Analyze { dir } => match jepsen::results::analyze(&dir) {
+            Ok(results) => {
+                print!("{}", results.summary());
+                println!(
+                    "wrote {} and {}",
+                    dir.join("results.json").display(),
+                    dir.join("timeline.html").display()
+                );
+                ExitCode::from(jepsen::results::exit_code(results.valid))
+            }
+            Err(e) => {
+                eprintln!("jepsen analyze: {e}");
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        },
     }
 }
