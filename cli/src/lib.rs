@@ -771,11 +771,13 @@ pub async fn watch(
     }
 }
 
-/// One reading for `watch`: the leader's status, the directives of the
-/// current epoch, and the newest history records.
+/// One reading for `watch`: the newest history records, the directives of
+/// the current epoch, and the leader's status — read in that order, so the
+/// status is never older than the history beside it (an activation shows
+/// in the verdict no later than its record).
 pub async fn read_cluster(cli: &Cli) -> Result<watch::Reading, CtlError> {
-    let status = call(cli, Retry::Read, |mut c| async move {
-        c.status(StatusRequest { local: false }).await
+    let history = call(cli, Retry::Read, |mut c| async move {
+        c.history(HistoryRequest { limit: 50 }).await
     })
     .await?;
     let directives = call(cli, Retry::Read, |mut c| async move {
@@ -785,8 +787,8 @@ pub async fn read_cluster(cli: &Cli) -> Result<watch::Reading, CtlError> {
         .await
     })
     .await?;
-    let history = call(cli, Retry::Read, |mut c| async move {
-        c.history(HistoryRequest { limit: 50 }).await
+    let status = call(cli, Retry::Read, |mut c| async move {
+        c.status(StatusRequest { local: false }).await
     })
     .await?;
     Ok(watch::Reading {

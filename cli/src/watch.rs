@@ -68,6 +68,91 @@ pub fn changes(prev: Option<&Reading>, next: &Reading) -> Vec<Event> {
             json!({"leader_id": n.leader_id, "term": n.term}),
         ));
     }
+    // Each witness's view of each site, and the tally against the quorum.
+    let seen = |r: &StatusReply| -> BTreeMap<(String, u64), String> {
+        r.sites
+            .iter()
+            .flat_map(|s| {
+                s.observations
+                    .iter()
+                    .map(move |o| ((s.name.clone(), o.witness), o.health.clone()))
+            })
+            .collect()
+    };
+    let (before, after) = (seen(p), seen(n));
+    for ((site, witness), health) in &after {
+        if before.get(&(site.clone(), *witness)) != Some(health) {
+            let tally = n
+                .sites
+                .iter()
+                .find(|s| &s.name == site)
+                .map(|s| {
+                    format!(
+                        "{} witnesses see it down, {} up ({} needed)",
+                        s.down, s.up, s.quorum
+                    )
+                })
+                .unwrap_or_default();
+            out.push(Event::new(
+                "site",
+                format!(
+                    "{} ({witness}) sees {site} {health}; {tally}",
+                    name_of(n, *witness)
+                ),
+                json!({"site": site, "witness": witness, "health": health}),
+            ));
+        }
+    }
+    for s in &n.sites {
+        let was = p.sites.iter().find(|x| x.name == s.name);
+        let quorum_down = s.quorum > 0 && s.down >= s.quorum;
+        let was_down = was.is_some_and(|w| w.quorum > 0 && w.down >= w.quorum);
+        if !first && quorum_down && !was_down {
+            out.push(Event::new(
+                "site",
+                format!(
+                    "QUORUM: {} witnesses agree {} is down ({} needed)",
+                    s.down, s.name, s.quorum
+                ),
+                json!({"site": s.name, "quorum_down": true, "down": s.down, "quorum": s.quorum}),
+            ));
+        }
+    }
+
+    match (&p.pending, &n.pending) {
+        (None, Some(f)) => out.push(Event::new(
+            "pending",
+            format!(
+                "failover pending: {} → {} ({}); waiting {:.1}s for {}'s leases to run out: {}",
+                f.from,
+                f.to,
+                f.cause,
+                f.remaining_ms as f64 / 1000.0,
+                f.from,
+                f.reason
+            ),
+            json!({"from": f.from, "to": f.to, "cause": f.cause, "remaining_ms": f.remaining_ms,
+                   "reason": f.reason}),
+        )),
+        (Some(a), Some(b)) if a.commit_failures != b.commit_failures && b.commit_failures > 0 => {
+            out.push(Event::new(
+                "pending",
+                format!(
+                    "activation of {} did not commit ({} attempts; last: {}); retrying",
+                    b.to, b.commit_failures, b.last_error
+                ),
+                json!({"to": b.to, "commit_failures": b.commit_failures,
+                       "last_error": b.last_error}),
+            ))
+        }
+        (Some(f), None) if n.epoch == p.epoch && !first => out.push(Event::new(
+            "pending",
+            format!("failover {} → {} called off", f.from, f.to),
+            json!({"from": f.from, "to": f.to, "called_off": true}),
+        )),
+        _ => {}
+    }
+
     if first
         || (p.active_site.as_str(), p.epoch, &p.mode) != (n.active_site.as_str(), n.epoch, &n.mode)
     {
@@ -112,86 +197,6 @@ pub fn changes(prev: Option<&Reading>, next: &Reading) -> Vec<Event> {
             json!({"freeze_reason": witness_proto::json::non_empty(&n.freeze_reason)}),
         ));
     }
-    match (&p.pending, &n.pending) {
-        (None, Some(f)) => out.push(Event::new(
-            "pending",
-            format!(
-                "failover pending: {} → {} ({}); waiting {:.1}s for {}'s leases to run out: {}",
-                f.from,
-                f.to,
-                f.cause,
-                f.remaining_ms as f64 / 1000.0,
-                f.from,
-                f.reason
-            ),
-            json!({"from": f.from, "to": f.to, "cause": f.cause, "remaining_ms": f.remaining_ms,
-                   "reason": f.reason}),
-        )),
-        (Some(a), Some(b)) if a.commit_failures != b.commit_failures && b.commit_failures > 0 => {
-            out.push(Event::new(
-                "pending",
-                format!(
-                    "activation of {} did not commit ({} attempts; last: {}); retrying",
-                    b.to, b.commit_failures, b.last_error
-                ),
-                json!({"to": b.to, "commit_failures": b.commit_failures,
-                       "last_error": b.last_error}),
-            ))
-        }
-        (Some(f), None) if n.epoch == p.epoch && !first => out.push(Event::new(
-            "pending",
-            format!("failover {} → {} called off", f.from, f.to),
-            json!({"from": f.from, "to": f.to, "called_off": true}),
-        )),
-        _ => {}
-    }
-
-    // Each witness's view of each site, and the tally against the quorum.
-    let seen = |r: &StatusReply| -> BTreeMap<(String, u64), String> {
-        r.sites
-            .iter()
-            .flat_map(|s| {
-                s.observations
-                    .iter()
-                    .map(move |o| ((s.name.clone(), o.witness), o.health.clone()))
-            })
-            .collect()
-    };
-    let (before, after) = (seen(p), seen(n));
-    for ((site, witness), health) in &after {
-        if before.get(&(site.clone(), *witness)) != Some(health) {
-            let tally = n
-                .sites
-                .iter()
-                .find(|s| &s.name == site)
-                .map(|s| format!("{} of {} needed see it down, {} up", s.down, s.quorum, s.up))
-                .unwrap_or_default();
-            out.push(Event::new(
-                "site",
-                format!(
-                    "{} ({witness}) sees {site} {health}; {tally}",
-                    name_of(n, *witness)
-                ),
-                json!({"site": site, "witness": witness, "health": health}),
-            ));
-        }
-    }
-    for s in &n.sites {
-        let was = p.sites.iter().find(|x| x.name == s.name);
-        let quorum_down = s.quorum > 0 && s.down >= s.quorum;
-        let was_down = was.is_some_and(|w| w.quorum > 0 && w.down >= w.quorum);
-        if !first && quorum_down && !was_down {
-            out.push(Event::new(
-                "site",
-                format!(
-                    "QUORUM: {} of {} witnesses agree {} is down",
-                    s.down, s.quorum, s.name
-                ),
-                json!({"site": s.name, "quorum_down": true, "down": s.down, "quorum": s.quorum}),
-            ));
-        }
-    }
-
     // Agents: their state, service health, and the lease they hold.
     for a in &n.agents {
         let was = p.agents.iter().find(|x| x.agent == a.agent);
@@ -273,10 +278,14 @@ pub fn changes(prev: Option<&Reading>, next: &Reading) -> Vec<Event> {
         for e in next.history.iter().filter(|e| e.log_index > last) {
             out.push(Event::new(
                 "decision",
-                format!(
-                    "committed #{}: {} (by {}): {}",
-                    e.log_index, e.event, e.by, e.reason
-                ),
+                if e.reason.is_empty() {
+                    format!("committed #{}: {} (by {})", e.log_index, e.event, e.by)
+                } else {
+                    format!(
+                        "committed #{}: {} (by {}): {}",
+                        e.log_index, e.event, e.by, e.reason
+                    )
+                },
                 serde_json::from_str(&e.json).unwrap_or_else(|_| json!({"raw": e.json})),
             ));
         }
@@ -348,11 +357,11 @@ mod tests {
     fn first_reading_summarises_and_no_change_is_silent() {
         let r = reading("dc-a", 1, 0);
         let first = changes(None, &r);
-        assert_eq!(kinds(&first), ["leader", "verdict", "site", "agent"]);
+        assert_eq!(kinds(&first), ["leader", "site", "verdict", "agent"]);
         assert!(
-            first[1].text.contains("dc-a active, epoch 1"),
+            first[2].text.contains("dc-a active, epoch 1"),
             "{}",
-            first[1].text
+            first[2].text
         );
         assert!(changes(Some(&r), &r).is_empty());
     }
@@ -373,14 +382,14 @@ mod tests {
             ..Default::default()
         });
         let steps = changes(Some(&a), &b);
-        assert_eq!(kinds(&steps), ["pending", "site", "site"]);
-        assert!(steps[0].text.contains("waiting 4.2s"), "{}", steps[0].text);
+        assert_eq!(kinds(&steps), ["site", "site", "pending"]);
         assert!(
-            steps[1].text.contains("w1 (1) sees dc-a down"),
+            steps[0].text.contains("w1 (1) sees dc-a down"),
             "{}",
-            steps[1].text
+            steps[0].text
         );
-        assert!(steps[2].text.contains("QUORUM"), "{}", steps[2].text);
+        assert!(steps[1].text.contains("QUORUM"), "{}", steps[1].text);
+        assert!(steps[2].text.contains("waiting 4.2s"), "{}", steps[2].text);
 
         let mut c = reading("dc-b", 2, 2);
         c.status.agents[0].state = "fenced".into();

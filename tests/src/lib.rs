@@ -27,6 +27,12 @@ pub const ELECTION_TIMEOUT_MAX: Duration = witness::config::defaults::ELECTION_T
 /// machine.
 pub const SETTLE: Duration = Duration::from_secs(30);
 
+/// Upper bound for a failover that must happen with the test policies'
+/// timers: detection (3 × 500 ms + 400 ms), two observation commits, the
+/// lease wait (3 s × 1.01/0.99 + 1 s ≈ 4.1 s) — about 9.5 s in the worst
+/// case — with room for a loaded CI machine running several tests at once.
+pub const FAILOVER_BOUND: Duration = Duration::from_secs(40);
+
 /// Directory with the built `witness` and `witnessctl`, building them first
 /// (once per test process) so tests never run stale binaries.
 pub fn bin_dir() -> &'static Path {
@@ -79,6 +85,13 @@ pub fn witnessctl_bin() -> PathBuf {
 /// Each test process starts at its own offset in the range and walks it,
 /// skipping ports that are in use right now.
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// The first of `len` consecutive ports that are all free right now, taken
+/// the same way as [`free_port`]; no later call in this process hands out
+/// any of them.
+pub fn free_ports(len: u16) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -86,13 +99,15 @@ pub fn free_port() -> u16 {
     let span = u32::from(high - low);
     let start = std::process::id().wrapping_mul(2_654_435_761);
     for _ in 0..span {
-        let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        let port = low + offset as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let offset = start.wrapping_add(NEXT.fetch_add(u32::from(len), Ordering::Relaxed)) % span;
+        let first = low + offset as u16;
+        if u32::from(first) + u32::from(len) <= u32::from(high)
+            && (first..first + len).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            return first;
         }
     }
-    panic!("no free loopback port in {low}..{high}");
+    panic!("no {len} free consecutive loopback ports in {low}..{high}");
 }
 
 /// The ports below the ephemeral range that tests use: 20000 up to the

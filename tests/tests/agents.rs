@@ -18,8 +18,6 @@ const FAKE: &str = env!("CARGO_BIN_EXE_fake_carbonio");
 const LEASE_TTL_MS: u64 = 3_000;
 /// The directives' claim TTL in these tests.
 const CLAIM_TTL: &str = "3s";
-/// Detection, the lease wait and the commits, with slack (as verdict.rs).
-const FAILOVER_BOUND: Duration = Duration::from_secs(40);
 /// Time for agents to connect, renew and run their hooks.
 const AGENT_SETTLE: Duration = Duration::from_secs(20);
 /// Allowed lateness of a fence past its lease deadline: the agent's tick

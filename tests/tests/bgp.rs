@@ -15,12 +15,10 @@ use witness::bgp::{exit, med};
 use witness_e2e::agents::{AgentLab, AgentSpec, boottime_ms};
 use witness_e2e::bgp::{BgpLab, PROPAGATE, ROUTER, best, via};
 use witness_e2e::netcluster::NetCluster;
-use witness_e2e::{SETTLE, text, wait_until};
+use witness_e2e::{FAILOVER_BOUND, SETTLE, text, wait_until};
 
 /// The fake Carbonio CLI (the agents need one; proxies never call it).
 const FAKE: &str = env!("CARGO_BIN_EXE_fake_carbonio");
-/// Detection, the lease wait and the commits, with slack.
-const FAILOVER_BOUND: Duration = Duration::from_secs(40);
 /// How often the router's best path is sampled during a failover.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 

@@ -33,10 +33,6 @@ use witness_e2e::lease::{LeaseClient, LeaseSpec};
 use witness_e2e::netcluster::NetCluster;
 use witness_e2e::*;
 
-/// Upper bound for a failover that must happen: worst case ≈ 9.5 s, with
-/// room for a loaded machine running several scenarios at once.
-const FAILOVER_BOUND: Duration = Duration::from_secs(40);
-
 /// The policy's `lease_ttl`.
 const LEASE_TTL: Duration = Duration::from_secs(3);
 

@@ -6,11 +6,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use witness_e2e::*;
 
-/// Failover bound for these tests: detection (3 × 500 ms + 400 ms), two
-/// observation commits, the lease wait (3 s × 1.01/0.99 + 1 s ≈ 4.1 s), and
-/// generous slack for a loaded CI machine.
-const FAILOVER_BOUND: Duration = Duration::from_secs(40);
-
 fn start(sites: &Sites, extra: &str) -> Cluster {
     Cluster::running(3, "", &sites.policy(extra))
 }

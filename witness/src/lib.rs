@@ -9,6 +9,7 @@ pub mod bgp;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod driver;
 pub mod engine;
 pub mod node;

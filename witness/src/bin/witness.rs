@@ -79,6 +79,18 @@ enum Command {
     },
     /// Announce or withdraw the service VIP through the local BIRD (proxy hooks).
     Bgp(witness::bgp::BgpArgs),
+    /// A whole deployment on loopback to watch a failover: three witnesses,
+    /// two mail sites with agents, and Consul. Type `fail dc-a` to fail a site.
+    Demo {
+        /// Keep configs, data and logs here (a new or empty directory)
+        /// instead of a temporary directory removed on exit.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// First of the 51 loopback ports it uses (witnesses at +0, +10,
+        /// +20; sites at +30, +40; Consul at +50).
+        #[arg(long, default_value_t = 7410)]
+        port_base: u16,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +134,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Demo {
+            data_dir,
+            port_base,
+        } => witness::demo::run(witness::demo::DemoArgs {
+            data_dir,
+            port_base,
+        }),
         // Its own exit codes (documented in witness::bgp) for hook runners.
         Command::Bgp(args) => return witness::bgp::run(&args),
     };
