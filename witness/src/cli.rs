@@ -85,6 +85,7 @@ pub fn agent_check_config(config: &Path) -> anyhow::Result<()> {
 /// `witness agent --config agent.toml`: run the agent until SIGTERM or
 /// Ctrl-C.
 pub fn agent(config: &Path) -> anyhow::Result<()> {
+    crate::sabotage::announce();
     let agent = crate::agent::AgentConfig::load(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -164,6 +165,7 @@ pub fn recover(config: &Path, force: bool, reason: &str) -> anyhow::Result<()> {
 
 /// `witness run --config FILE`: serve until SIGTERM or Ctrl-C.
 pub fn run(config: &Path) -> anyhow::Result<()> {
+    crate::sabotage::announce();
     let node = NodeConfig::load(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -16,6 +16,7 @@ pub mod node;
 pub mod probe;
 pub(crate) mod process;
 pub mod raft;
+pub mod sabotage;
 pub mod server;
 pub mod sim;
 pub mod state;

@@ -109,6 +109,7 @@ use super::directive::{self, Finished};
 use super::hooks::{self, Backoff};
 use super::serving::{Serving, ServingLog};
 use super::watchdog::{Watchdog, WatchdogError};
+use crate::sabotage::{self, Sabotage};
 
 /// Renew interval until the first grant says the policy's.
 pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_millis(400);
@@ -445,7 +446,7 @@ impl Agent {
     /// Fence if the lease ran out.
     async fn check_lease(&mut self, jobs: &mut Jobs) {
         let Some(lease) = self.lease else { return };
-        if !lease.deadline.expired() {
+        if !lease.deadline.expired() || sabotage::active(Sabotage::AgentIgnoresLeaseExpiry) {
             return;
         }
         self.set_lease(None);

@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::config::{Failback, Policy, SitePolicy};
-use crate::probe::{Health, SiteView, consul_allows_down, site_health};
+use crate::probe::{ConsulEvidence, Health, SiteView, consul_allows_down, site_health};
 use crate::raft::types::NodeId;
 use crate::state::{AgentReport, Cause, Mode, SiteTally, WitnessState};
 pub use lease::Mono;
@@ -122,6 +122,17 @@ pub fn seen(policy: &Policy, site: &SitePolicy, view: Option<&SiteView>) -> Seen
     let Some(view) = view else {
         return Seen::Unknown;
     };
+    if crate::sabotage::active(crate::sabotage::Sabotage::FailoverOnConsulAlone)
+        && view.targets.iter().any(|t| {
+            t.critical
+                && matches!(
+                    t.consul,
+                    Some(ConsulEvidence::Critical { .. } | ConsulEvidence::NodeDead)
+                )
+        })
+    {
+        return Seen::Down;
+    }
     match view.health {
         Health::Up => return Seen::Up,
         Health::Unknown => return Seen::Unknown,

@@ -24,6 +24,8 @@ use witness_proto::witness_client::WitnessClient;
 use witness_proto::witness_server::Witness;
 use witness_proto::*;
 
+use crate::sabotage::{self, Sabotage};
+
 use super::directives;
 use crate::engine::lease::GrantRefusal;
 use crate::node::Node;
@@ -486,7 +488,12 @@ impl WitnessService {
             service_healthy: req.service_healthy,
             age_ms: 0,
         });
-        let (term, applied) = self.read_index_round("renewal").await?;
+        let (term, applied) = if sabotage::active(Sabotage::GrantWithoutReadIndex) {
+            let term = self.node.raft.metrics().borrow_watched().current_term;
+            (term, self.node.state.current())
+        } else {
+            self.read_index_round("renewal").await?
+        };
         let state = &applied.state;
         let epoch = state.verdict.epoch;
         let Some(policy) = state.policy.as_ref() else {
