@@ -373,7 +373,34 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
                 }
             };
             match reply {
-                Ok(reply) => Ok(render(&reply)),
+                Ok(reply) if local => Ok(render(&reply)),
+                Ok(reply) => {
+                    // The leader's view also lists the current epoch's
+                    // directives that are not done yet.
+                    let directives = call(cli, Retry::Read, |mut c| async move {
+                        c.list_directives(ListDirectivesRequest {
+                            include_past: false,
+                        })
+                        .await
+                    })
+                    .await;
+                    Ok(if json {
+                        let mut v = status_json(&reply);
+                        v["directives"] = match &directives {
+                            Ok(d) => directives_json(d),
+                            Err(_) => serde_json::Value::Null,
+                        };
+                        pretty(&v)
+                    } else {
+                        let mut text = render(&reply);
+                        text.push('\n');
+                        text.push_str(&match &directives {
+                            Ok(d) => output::open_directives(d),
+                            Err(e) => format!("directives: could not be read: {e}\n"),
+                        });
+                        text
+                    })
+                }
                 Err(e @ CtlError::Unavailable { .. }) => {
                     let own = fallback.lock().unwrap_or_else(|e| e.into_inner()).take();
                     match own {

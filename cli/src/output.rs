@@ -8,6 +8,30 @@ use witness_proto::{
     AgentStatus, HistoryReply, ListDirectivesReply, Member, PolicyApplyReply, StatusReply,
 };
 
+/// For `status`: the current epoch's directives that are not done yet, or
+/// one line saying they all are.
+pub fn open_directives(r: &ListDirectivesReply) -> String {
+    let open: Vec<_> = r
+        .directives
+        .iter()
+        .filter(|d| d.state != "done" && d.state != "superseded")
+        .cloned()
+        .collect();
+    if open.is_empty() {
+        return format!(
+            "directives: none open at epoch {} ({} done)\n",
+            r.epoch,
+            r.directives.len()
+        );
+    }
+    let mut out = format!("DIRECTIVES OF EPOCH {} NOT DONE\n", r.epoch);
+    out.push_str(&directives_table(&ListDirectivesReply {
+        directives: open,
+        ..r.clone()
+    }));
+    out
+}
+
 /// `directives list` for people.
 pub fn directives_table(r: &ListDirectivesReply) -> String {
     if r.directives.is_empty() {
@@ -447,6 +471,13 @@ mod tests {
         assert_eq!(json["directives"][1]["state"], "failed");
         assert_eq!(json["gates"][0]["open"], true);
         assert!(directives_table(&ListDirectivesReply::default()).contains("no directives"));
+        // `status` lists only what is not done.
+        let open = open_directives(&reply);
+        assert!(open.contains("2/flush-cache"), "{open}");
+        assert!(!open.contains("2/promote "), "{open}");
+        let mut done = reply.clone();
+        done.directives.truncate(1);
+        assert!(open_directives(&done).contains("none open at epoch 2 (1 done)"));
     }
 
     /// Agents show their own state and the last lease the leader granted.

@@ -65,8 +65,9 @@ fn every_command_in_table_and_json() {
     let all = c.endpoints();
     let e = all.as_str();
 
-    let s = both_forms(&c, e, &["status"], "dc-a active, epoch 1");
+    let s = both_forms(&c, e, &["status"], "directives: none open at epoch 1");
     assert_eq!(s["active_site"], "dc-a");
+    assert_eq!(s["directives"]["epoch"], 1, "{s:#}");
     assert_eq!(s["sites"].as_array().map(Vec::len), Some(2), "{s:#}");
     let s = both_forms(&c, e, &["status", "--local"], "answered by node");
     assert!(s["answered_by"].as_u64().is_some());
@@ -292,6 +293,8 @@ fn a_dead_endpoint_exits_3_for_every_command() {
     let port = free_port();
     let c = Cluster::new(3);
     let dead = format!("127.0.0.1:{port}");
+    // Build the binaries first, outside the timed calls.
+    let _ = witnessctl_bin();
     for args in CLUSTER_COMMANDS {
         for form in [&[][..], &["--output", "json"]] {
             let started = Instant::now();
