@@ -40,5 +40,5 @@ pub mod report;
 pub mod results;
 
 pub use error::{Error, Result};
-pub use nemesis::{Latency, Nemesis, Proc, ProcSpec};
+pub use nemesis::{Latency, Nemesis, Proc, ProcSpec, SkewedClock};
 pub use net::{Host, Net, Topology, cleanup_leftovers, cleanup_orphans, run_prefix};

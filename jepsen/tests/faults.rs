@@ -799,3 +799,59 @@ fn exec_runs_commands_inside_the_host() {
         "loopback is up"
     );
 }
+
+/// A skewed clock reaches the process: at rate 4 its `sleep 2` is over
+/// in about half a second of real time (its sleeps run on its clock), and
+/// after a jump of an hour its wall clock reads an hour ahead; a process
+/// without it keeps real time.
+#[test]
+fn skewed_clock_runs_fast_and_jumps_forward() {
+    if skipped() {
+        return;
+    }
+    let lib = jepsen::nemesis::clock::libfaketime()
+        .unwrap_or_else(|e| panic!("{e} (CI installs it; the clock nemesis needs it)"));
+    let net = Topology::new(prefix("clk"))
+        .host("n1", None)
+        .create()
+        .expect("create");
+    let dir = std::env::temp_dir().join(format!("wjtclock-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("temp dir");
+    let mut clock =
+        jepsen::SkewedClock::with_lib(lib, &dir.join("n1.faketime"), 4.0).expect("clock");
+
+    let started = Instant::now();
+    let spec = clock.apply(ProcSpec::new("n1", ["sleep", "2"]));
+    let mut p = Proc::spawn(&net, spec).expect("spawn");
+    while p.is_running().expect("poll") {
+        assert!(started.elapsed() < REACH, "sleep 2 at rate 4 never ended");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "2 s of a 4x clock took {took:?} of real time"
+    );
+
+    clock.jump(Duration::from_secs(3600)).expect("jump");
+    let log = dir.join("date.log");
+    let spec = clock.apply(ProcSpec::new("n1", ["date", "+%s"]).log(&log));
+    let mut p = Proc::spawn(&net, spec).expect("spawn");
+    while p.is_running().expect("poll") {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let shown: u64 = fs::read_to_string(&log)
+        .expect("date output")
+        .trim()
+        .parse()
+        .expect("a number");
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    assert!(
+        shown >= real + 3500,
+        "the jumped clock reads {shown}, real time is {real}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

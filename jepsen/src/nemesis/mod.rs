@@ -3,7 +3,8 @@
 //! Network faults are iptables rules inside the hosts' own namespaces, in
 //! chains that belong to us alone (see [`iptables`]); latency is a delaying
 //! proxy plus DNAT steering (see [`proxy`]); process faults act on the
-//! processes the harness started (see [`process`]).
+//! processes the harness started (see [`process`]); clock faults run a
+//! process under libfaketime (see [`clock`]).
 //!
 //! **Drops happen at the receiver.** Every drop rule is in the receiving
 //! host's `INPUT` path, matched on the sender's address, as Jepsen's
@@ -24,6 +25,7 @@
 //!   them, stopped by its heal or its drop.
 //! - Faults stack: a second fault adds rules; heal removes all of them.
 
+pub mod clock;
 pub mod iptables;
 pub mod process;
 pub mod proxy;
@@ -31,6 +33,7 @@ pub mod proxy;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
 
+pub use clock::SkewedClock;
 pub use process::{Proc, ProcSpec};
 pub use proxy::Latency;
 
