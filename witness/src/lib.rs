@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod histogram;
 pub mod node;
 pub mod probe;
 pub(crate) mod process;
