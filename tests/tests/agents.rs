@@ -889,104 +889,237 @@ fn failback_promotes_only_after_the_replica_preflight_passes() {
     );
 }
 
-/// The value of the sample `line_start` (a metric name with its labels) in
-/// a `/metrics` text.
-fn metric(text: &str, line_start: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(line_start) && l[line_start.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+/// A `/metrics` text, read by a Prometheus text-format parser.
+struct Metrics {
+    scrape: prometheus_parse::Scrape,
+    text: String,
 }
 
-/// `/metrics` on the HTTP port tells what `status` tells: exactly one
-/// leader, the verdict and epoch on every witness, and on the leader the
-/// serving agent and the leases it granted; each witness's own probes of
-/// every target; then, after a failover, the new epoch and active site.
+impl Metrics {
+    /// Parse `text`, first checking that every line is one the parser
+    /// understands (it skips the others silently): a `# HELP`, a `# TYPE`,
+    /// or a sample with a numeric value.
+    fn parse(text: String) -> Metrics {
+        use prometheus_parse::LineInfo;
+        for line in text.lines() {
+            match LineInfo::parse(line) {
+                LineInfo::Doc { .. } | LineInfo::Type { .. } => {}
+                LineInfo::Sample { value, .. } if value.parse::<f64>().is_ok() => {}
+                other => panic!("not exposition text: {line:?} ({other:?})\n{text}"),
+            }
+        }
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("parse /metrics");
+        Metrics { scrape, text }
+    }
+
+    /// The samples of `name` whose labels include `labels`.
+    fn samples<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a prometheus_parse::Sample> {
+        self.scrape.samples.iter().filter(move |s| {
+            s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+    }
+
+    /// The value of the one counter, gauge or untyped sample of `name`
+    /// with `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        use prometheus_parse::Value;
+        let found: Vec<f64> = self
+            .samples(name, labels)
+            .filter_map(|s| match s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            found.len() <= 1,
+            "{name} {labels:?} is ambiguous: {found:?}"
+        );
+        found.first().copied()
+    }
+
+    /// How many observations histogram `name` with `labels` counted (its
+    /// `+Inf` bucket), checking that its buckets are cumulative and that
+    /// `_count` agrees.
+    fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        use prometheus_parse::Value;
+        let sample = self.samples(name, labels).next()?;
+        let Value::Histogram(buckets) = &sample.value else {
+            panic!("{name} is not a histogram: {sample:?}");
+        };
+        let counts: Vec<f64> = buckets.iter().map(|b| b.count).collect();
+        assert!(
+            counts.windows(2).all(|w| w[0] <= w[1]),
+            "{name} {labels:?}: buckets not cumulative: {buckets:?}"
+        );
+        let last = buckets.last().expect("a +Inf bucket");
+        assert!(
+            last.less_than.is_infinite(),
+            "{name}: +Inf last: {buckets:?}"
+        );
+        let count = self.value(&format!("{name}_count"), labels);
+        assert_eq!(count, Some(last.count), "{name}_count {labels:?}");
+        Some(last.count)
+    }
+}
+
+/// `/metrics` of every witness, parsed.
+fn scrape_all(c: &Cluster) -> Vec<Metrics> {
+    c.nodes
+        .iter()
+        .map(|n| {
+            let (code, body) = http_get(n.http, "/metrics").expect("/metrics answers");
+            assert_eq!(code, 200, "{body}");
+            Metrics::parse(body)
+        })
+        .collect()
+}
+
+/// `/metrics` on the HTTP port, read by a Prometheus text-format parser,
+/// tells what `status` tells: exactly one leader, the verdict and epoch on
+/// every witness, and on the leader the serving agent and the leases it
+/// granted; each witness's own probes of every target, with their
+/// durations. After a failover: the new epoch and active site everywhere,
+/// the detection-to-Activate time on the leader that activated, the old
+/// site's leases run out, and the promotion reported done.
 #[test]
 fn metrics_show_the_verdict_leader_agents_and_leases() {
-    let mut sites = Sites::start();
-    let c = Cluster::running(3, "", &policy(&sites));
-    c.wait_verdict("dc-a", 1, SETTLE);
-    let lab = AgentLab::new(FAKE);
-    let a = lab.start(&AgentSpec::new("proxy-a", "dc-a", "proxy"), &witnesses(&c));
+    let (mut sites, c, lab, w) = active_dc_a();
+    let a = lab.start(&AgentSpec::new("proxy-a", "dc-a", "proxy"), &w);
+    let mbox_b = lab.start(&AgentSpec::new("mbox-b", "dc-b", "mailstore"), &w);
     wait_state(&a, "serving", Some(1), AGENT_SETTLE);
+    wait_state(&mbox_b, "standby", Some(1), AGENT_SETTLE);
     std::thread::sleep(Duration::from_secs(1));
 
-    let scrape = |port: u16| {
-        let (code, body) = http_get(port, "/metrics").expect("/metrics answers");
-        assert_eq!(code, 200, "{body}");
-        body
-    };
-    let texts: Vec<String> = c.nodes.iter().map(|n| scrape(n.http)).collect();
-    let leaders: Vec<usize> = texts
+    let before = scrape_all(&c);
+    let leaders: Vec<&Metrics> = before
         .iter()
-        .enumerate()
-        .filter(|(_, t)| metric(t, "witness_raft_is_leader") == Some(1.0))
-        .map(|(i, _)| i)
+        .filter(|m| m.value("witness_raft_is_leader", &[]) == Some(1.0))
         .collect();
-    assert_eq!(leaders.len(), 1, "exactly one leader: {texts:#?}");
-    for t in &texts {
-        assert_eq!(metric(t, "witness_verdict_epoch"), Some(1.0), "{t}");
-        assert_eq!(
-            metric(t, "witness_verdict_active{site=\"dc-a\"}"),
-            Some(1.0)
-        );
-        assert_eq!(
-            metric(t, "witness_verdict_active{site=\"dc-b\"}"),
-            Some(0.0)
-        );
-        assert_eq!(metric(t, "witness_ready"), Some(1.0));
+    assert_eq!(leaders.len(), 1, "exactly one leader");
+    for m in &before {
+        let t = &m.text;
+        assert_eq!(m.value("witness_verdict_epoch", &[]), Some(1.0), "{t}");
+        let active = |site| m.value("witness_verdict_active", &[("site", site)]);
+        assert_eq!(active("dc-a"), Some(1.0), "{t}");
+        assert_eq!(active("dc-b"), Some(0.0), "{t}");
+        assert_eq!(m.value("witness_ready", &[]), Some(1.0), "{t}");
         for site in ["dc-a", "dc-b"] {
             for target in ["mailstore", "proxy"] {
-                let role = target;
+                let labels = [("site", site), ("target", target), ("health", "up")];
                 assert_eq!(
-                    metric(
-                        t,
-                        &format!(
-                            "witness_probe_target_health{{site=\"{site}\",target=\"{target}\",\
-                             role=\"{role}\",health=\"up\"}}"
-                        )
-                    ),
+                    m.value("witness_probe_target_health", &labels),
                     Some(1.0),
                     "{t}"
                 );
+                let labels = [("site", site), ("target", target)];
+                let probes = m.histogram_count("witness_probe_duration_seconds", &labels);
+                assert!(probes.is_some_and(|n| n > 0.0), "{t}");
+                let ok = [("site", site), ("target", target), ("result", "success")];
+                let ok = m.value("witness_probe_results_total", &ok);
+                assert!(ok.is_some_and(|n| n > 0.0), "{t}");
             }
         }
     }
-    let leader = &texts[leaders[0]];
+    let leader = leaders[0];
+    let labels = [
+        ("agent", "proxy-a"),
+        ("site", "dc-a"),
+        ("role", "proxy"),
+        ("state", "serving"),
+    ];
     assert_eq!(
-        metric(
-            leader,
-            "witness_agent_state{agent=\"proxy-a\",site=\"dc-a\",role=\"proxy\",state=\"serving\"}"
-        ),
+        leader.value("witness_agent_state", &labels),
         Some(1.0),
-        "{leader}"
+        "{}",
+        leader.text
     );
-    let granted = metric(
-        leader,
-        "witness_lease_renewals_total{site=\"dc-a\",outcome=\"granted\"}",
-    )
-    .unwrap_or(0.0);
-    assert!(granted >= 1.0, "{leader}");
+    let granted = [("site", "dc-a"), ("outcome", "granted")];
+    let granted = leader.value("witness_lease_renewals_total", &granted);
+    assert!(granted.is_some_and(|n| n >= 1.0), "{}", leader.text);
 
     sites.kill('a');
     c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
-    let after = scrape(c.nodes[0].http);
-    assert_eq!(
-        metric(&after, "witness_verdict_epoch"),
-        Some(2.0),
-        "{after}"
+    wait_until(SETTLE, "2/promote done", || {
+        directive(&c, "promote").filter(|d| d["state"] == "done")
+    });
+    let after = scrape_all(&c);
+    let total = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        after.iter().filter_map(|m| m.value(name, labels)).sum()
+    };
+    for m in &after {
+        let t = &m.text;
+        assert_eq!(m.value("witness_verdict_epoch", &[]), Some(2.0), "{t}");
+        let active = |site| m.value("witness_verdict_active", &[("site", site)]);
+        assert_eq!(active("dc-a"), Some(0.0), "{t}");
+        assert_eq!(active("dc-b"), Some(1.0), "{t}");
+        let labels = [
+            ("site", "dc-a"),
+            ("target", "mailstore"),
+            ("health", "down"),
+        ];
+        assert_eq!(
+            m.value("witness_probe_target_health", &labels),
+            Some(1.0),
+            "{t}"
+        );
+        let attempts = |result| {
+            let labels = [
+                ("site", "dc-a"),
+                ("target", "mailstore"),
+                ("result", result),
+            ];
+            m.value("witness_probe_results_total", &labels)
+                .unwrap_or(0.0)
+        };
+        let failed = attempts("failure") + attempts("timeout");
+        assert!(failed > 0.0, "{t}");
+        let done = m.value("witness_directives", &[("state", "done")]);
+        assert!(done.is_some_and(|n| n >= 1.0), "{t}");
+    }
+
+    // The leader that activated dc-b timed it, from its decision to the
+    // commit, within the failover bound; the others did not.
+    let cause = [("cause", "site_down")];
+    let activators: Vec<&Metrics> = after
+        .iter()
+        .filter(|m| {
+            m.histogram_count("witness_failover_detection_to_activate_seconds", &cause)
+                .is_some_and(|n| n >= 1.0)
+        })
+        .collect();
+    assert_eq!(activators.len(), 1, "one leader activated dc-b");
+    let activator = activators[0];
+    let t = &activator.text;
+    let took = activator
+        .value("witness_failover_detection_to_activate_seconds_sum", &cause)
+        .expect("_sum");
+    let waited = activator
+        .value("witness_failover_lease_wait_seconds_sum", &cause)
+        .expect("_sum");
+    assert!(
+        took > 0.0 && took <= FAILOVER_BOUND.as_secs_f64() && waited <= took,
+        "detection to Activate {took} s, lease wait {waited} s: {t}"
     );
     assert_eq!(
-        metric(&after, "witness_verdict_active{site=\"dc-b\"}"),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(
-            &after,
-            "witness_probe_target_health{site=\"dc-a\",target=\"mailstore\",role=\"mailstore\",health=\"down\"}"
-        ),
+        activator.histogram_count("witness_failover_lease_wait_seconds", &cause),
         Some(1.0),
-        "{after}"
+        "{t}"
+    );
+
+    // dc-a's leases ran out unrenewed once it was drained; mbox-b reported
+    // the promotion done to the leader.
+    assert!(
+        total("witness_lease_expiries_total", &[("site", "dc-a")]) >= 1.0,
+        "{t}"
+    );
+    let done = [("site", "dc-b"), ("role", "mailstore"), ("outcome", "done")];
+    assert!(
+        total("witness_directive_reports_total", &done) >= 1.0,
+        "{t}"
     );
 }

@@ -201,7 +201,7 @@ impl Node {
         let now = self.now();
         let mut soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
         soft.ensure_term(term, now);
-        soft.book.try_grant(site, now)?;
+        soft.book.try_grant(site, agent, now)?;
         soft.agent_grants.insert(agent.to_string(), (epoch, now));
         Ok(())
     }
@@ -405,10 +405,14 @@ async fn drive_once(node: &Arc<Node>) -> Result<(), NodeError> {
     let Some(policy) = applied.state.policy.clone() else {
         return Ok(());
     };
-    node.soft
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .ensure_term(term, now);
+    let expired = {
+        let mut soft = node.soft.lock().unwrap_or_else(|e| e.into_inner());
+        soft.ensure_term(term, now);
+        soft.book.take_expired(now, policy.lease.lease_ttl)
+    };
+    for site in expired {
+        node.counters.lease_expired(&site);
+    }
 
     expire_freeze(node, &applied.state, now).await?;
     expire_claims(node, &applied.state, now).await?;
@@ -557,12 +561,25 @@ async fn drive_once(node: &Arc<Node>) -> Result<(), NodeError> {
         }
         return Ok(());
     }
-    soft.pending = None;
+    let pending = soft.pending.take();
     soft.book.undrain();
     let outcome = match result {
         Ok(r) => match r.data {
             Response::Activated { site, epoch } => {
                 tracing::warn!(%site, epoch, cause = %cause, "ACTIVATED {site} at epoch {epoch}: {reason}");
+                // Timed from this leader's own decision: a pending
+                // failover never outlives its term, so after a leader
+                // change mid-failover the new leader counts from its own
+                // decision, never from an instant of a predecessor's
+                // clock. An activation without a pending failover (the
+                // initial one) had nothing to detect and is not timed.
+                if let Some(p) = pending.filter(|p| p.to == site && soft.book.term() == term) {
+                    node.counters.failover_activated(
+                        p.cause,
+                        node.now().saturating_sub(p.drained_at),
+                        p.safe_after.saturating_sub(p.drained_at),
+                    );
+                }
                 Ok(epoch)
             }
             Response::Rejected(why) => {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod driver;
 pub mod engine;
+pub mod histogram;
 pub mod node;
 pub mod probe;
 pub(crate) mod process;

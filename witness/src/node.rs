@@ -423,6 +423,13 @@ impl Node {
         p.as_ref().map(|p| p.view().borrow().clone())
     }
 
+    /// Every probe attempt's outcome and duration so far; `None` until
+    /// probing starts.
+    pub fn probe_stats(&self) -> Option<Arc<crate::probe::ProbeStats>> {
+        let p = self.prober.lock().unwrap_or_else(|e| e.into_inner());
+        p.as_ref().map(|p| p.stats())
+    }
+
     /// Data dir of the store, when there is one on disk.
     pub fn data_dir(&self) -> Option<&Path> {
         self.store.as_ref().map(|s| s.path())

@@ -24,6 +24,11 @@
 //! Invariant: once `drain(site)` returns, `try_grant(site)` refuses until
 //! `undrain`, so no grant is recorded for a draining site after the caller
 //! read `safe_after`.
+//!
+//! The book also remembers each agent's latest grant until it is renewed or
+//! runs out, so the leader can count the leases that ran out unrenewed
+//! ([`LeaseBook::take_expired`]) exactly once each. That count is for
+//! people (`witness_lease_expiries_total`); no decision reads it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,6 +51,9 @@ pub struct LeaseBook {
     term_started: Mono,
     last_grant: BTreeMap<String, Mono>,
     draining: Option<String>,
+    /// Per agent: its site and this term's latest grant to it, until that
+    /// lease runs out.
+    held: BTreeMap<String, (String, Mono)>,
 }
 
 impl LeaseBook {
@@ -70,8 +78,9 @@ impl LeaseBook {
         self.term_started
     }
 
-    /// Record a grant to `site` at `now`, unless the site is draining.
-    pub fn try_grant(&mut self, site: &str, now: Mono) -> Result<(), GrantRefusal> {
+    /// Record a grant to `agent` of `site` at `now`, unless the site is
+    /// draining.
+    pub fn try_grant(&mut self, site: &str, agent: &str, now: Mono) -> Result<(), GrantRefusal> {
         if self.draining.as_deref() == Some(site) {
             return Err(GrantRefusal::Draining {
                 site: site.to_string(),
@@ -79,7 +88,28 @@ impl LeaseBook {
         }
         let last = self.last_grant.entry(site.to_string()).or_default();
         *last = (*last).max(now);
+        let held = self
+            .held
+            .entry(agent.to_string())
+            .or_insert_with(|| (site.to_string(), now));
+        *held = (site.to_string(), held.1.max(now));
         Ok(())
+    }
+
+    /// The sites of the leases this term granted that ran out by `now`
+    /// (`lease_ttl` after their grant, on this leader's clock) without a
+    /// later grant to the same agent, one entry per lease; each is
+    /// returned once and then forgotten.
+    pub fn take_expired(&mut self, now: Mono, lease_ttl: Duration) -> Vec<String> {
+        let mut expired = Vec::new();
+        self.held.retain(|_, (site, granted)| {
+            let over = now.saturating_sub(*granted) >= lease_ttl;
+            if over {
+                expired.push(std::mem::take(site));
+            }
+            !over
+        });
+        expired
     }
 
     /// Stop granting to `site`.
@@ -139,11 +169,11 @@ mod tests {
     fn grants_push_the_wait_and_draining_refuses() {
         let mut b = LeaseBook::default();
         b.begin_term(7, ms(10_000));
-        b.try_grant("dc-a", ms(12_000)).expect("grant");
+        b.try_grant("dc-a", "proxy-a", ms(12_000)).expect("grant");
         assert_eq!(b.safe_after("dc-a", WAIT), ms(12_000) + WAIT);
         b.drain("dc-a");
         assert_eq!(
-            b.try_grant("dc-a", ms(13_000)),
+            b.try_grant("dc-a", "proxy-a", ms(13_000)),
             Err(GrantRefusal::Draining {
                 site: "dc-a".into()
             })
@@ -153,10 +183,10 @@ mod tests {
             ms(12_000) + WAIT,
             "refused grants do not count"
         );
-        b.try_grant("dc-b", ms(13_000))
+        b.try_grant("dc-b", "proxy-b", ms(13_000))
             .expect("other sites still granted");
         b.undrain();
-        b.try_grant("dc-a", ms(14_000))
+        b.try_grant("dc-a", "proxy-a", ms(14_000))
             .expect("grant after undrain");
         assert_eq!(b.safe_after("dc-a", WAIT), ms(14_000) + WAIT);
     }
@@ -166,7 +196,7 @@ mod tests {
     fn a_new_term_restarts_the_wait() {
         let mut b = LeaseBook::default();
         b.begin_term(7, ms(10_000));
-        b.try_grant("dc-a", ms(12_000)).expect("grant");
+        b.try_grant("dc-a", "proxy-a", ms(12_000)).expect("grant");
         b.drain("dc-a");
         b.begin_term(9, ms(11_000));
         assert_eq!(b.draining(), None);
@@ -178,8 +208,28 @@ mod tests {
     fn last_grant_never_goes_backwards() {
         let mut b = LeaseBook::default();
         b.begin_term(1, ms(0));
-        b.try_grant("dc-a", ms(5_000)).expect("grant");
-        b.try_grant("dc-a", ms(4_000)).expect("grant");
+        b.try_grant("dc-a", "proxy-a", ms(5_000)).expect("grant");
+        b.try_grant("dc-a", "proxy-a", ms(4_000)).expect("grant");
         assert_eq!(b.last_grant("dc-a"), Some(ms(5_000)));
+    }
+
+    /// A lease runs out `lease_ttl` after its agent's latest grant and is
+    /// counted once; a renewal in time pushes it back, and a new term
+    /// forgets the old term's leases (a new leader counts only its own).
+    #[test]
+    fn a_lease_that_runs_out_unrenewed_is_counted_once() {
+        const TTL: Duration = Duration::from_millis(3_000);
+        let mut b = LeaseBook::default();
+        b.begin_term(1, ms(0));
+        b.try_grant("dc-a", "proxy-a", ms(1_000)).expect("grant");
+        b.try_grant("dc-a", "mbox-a", ms(1_000)).expect("grant");
+        b.try_grant("dc-a", "proxy-a", ms(3_500)).expect("renewal");
+        assert!(b.take_expired(ms(3_999), TTL).is_empty());
+        assert_eq!(b.take_expired(ms(4_000), TTL), ["dc-a"], "mbox-a's");
+        assert!(b.take_expired(ms(5_000), TTL).is_empty(), "once");
+        assert_eq!(b.take_expired(ms(6_500), TTL), ["dc-a"], "proxy-a's");
+        b.try_grant("dc-a", "proxy-a", ms(7_000)).expect("grant");
+        b.begin_term(2, ms(8_000));
+        assert!(b.take_expired(ms(60_000), TTL).is_empty());
     }
 }

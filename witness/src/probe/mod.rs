@@ -35,6 +35,7 @@ mod check;
 pub mod consul;
 mod prober;
 mod state;
+mod stats;
 mod transport;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,7 @@ pub use check::{CheckSpec, ProbeResult, probe_once};
 pub use consul::{ConsulError, ConsulReader, ConsulReading, ConsulTarget};
 pub use prober::{Prober, RESULT_QUEUE};
 pub use state::{Health, TargetState, site_health};
+pub use stats::{Outcome, ProbeStats, TargetStats};
 pub use transport::{
     CommandOutput, GrpcHealth, HttpRequest, HttpResponse, MAX_COMMAND_OUTPUT, RealTransport,
     Transport, TransportError,

@@ -19,6 +19,7 @@ use crate::config::{ConsulAgentConfig, ConsulMode, DownRule, Policy, ProbeTimers
 use super::check::{CheckSpec, ProbeResult, probe_once};
 use super::consul::{ConsulReader, ConsulReading, ConsulTarget};
 use super::state::{Health, TargetState, site_health};
+use super::stats::{Outcome, ProbeStats};
 use super::transport::Transport;
 use super::{ConsulEvidence, ConsulView, LocalView, SiteView, TargetView};
 
@@ -38,6 +39,7 @@ type Key = (String, String);
 #[derive(Debug)]
 pub struct Prober {
     view: watch::Receiver<Arc<LocalView>>,
+    stats: Arc<ProbeStats>,
     supervisor: JoinHandle<()>,
 }
 
@@ -55,9 +57,11 @@ impl Prober {
         let (tx, rx) = mpsc::channel(RESULT_QUEUE);
         let mut supervisor = Supervisor::new(transport, consul, tx);
         let view = supervisor.view_tx.subscribe();
+        let stats = Arc::clone(&supervisor.stats);
         let handle = tokio::spawn(async move { supervisor.run(policy, rx).await });
         Prober {
             view,
+            stats,
             supervisor: handle,
         }
     }
@@ -66,6 +70,11 @@ impl Prober {
     /// re-plan.
     pub fn view(&self) -> watch::Receiver<Arc<LocalView>> {
         self.view.clone()
+    }
+
+    /// Every attempt's outcome and duration so far, per target.
+    pub fn stats(&self) -> Arc<ProbeStats> {
+        Arc::clone(&self.stats)
     }
 }
 
@@ -196,6 +205,8 @@ struct Supervisor {
     reading: Option<(ConsulReading, u64)>,
     evidence: BTreeMap<Key, ConsulEvidence>,
     view_tx: watch::Sender<Arc<LocalView>>,
+    /// Every attempt of the current plan, for `/metrics`.
+    stats: Arc<ProbeStats>,
     next_generation: u64,
 }
 
@@ -228,6 +239,7 @@ impl Supervisor {
                     fetched_at_ms: 0,
                 },
             })),
+            stats: Arc::default(),
             next_generation: 0,
         }
     }
@@ -359,6 +371,8 @@ impl Supervisor {
             }
             keep
         });
+        self.stats
+            .retain(|site, target| wanted.contains_key(&(site.to_string(), target.to_string())));
         for target in plan.targets() {
             let (interval, timeout) = (target.timers.interval, target.timers.timeout);
             if let Some(tracked) = self.targets.get_mut(&target.key) {
@@ -493,6 +507,8 @@ impl Supervisor {
                 tracked
                     .state
                     .record(result.ok, timers.fail_after, timers.recover_after);
+                let outcome = Outcome::of(result.ok, result.latency, tracked.timeout);
+                self.stats.record(&key.0, &key.1, outcome, result.latency);
                 tracked.last_error = result.error;
                 tracked.last_latency_ms =
                     Some(u64::try_from(result.latency.as_millis()).unwrap_or(u64::MAX));

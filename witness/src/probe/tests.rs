@@ -451,6 +451,15 @@ async fn a_hanging_target_does_not_delay_another() {
         Health::Up,
         "rule all: one critical target up"
     );
+    // The attempts are counted as they land: the fast target's, not yet
+    // the slow one's.
+    let stats = prober.stats().snapshot();
+    let fast = &stats[&("dc-a".to_string(), "fast".to_string())];
+    assert!(
+        fast.results[0] >= 1 && fast.duration.count() >= 1,
+        "{fast:?}"
+    );
+    assert!(!stats.contains_key(&("dc-a".to_string(), "slow".to_string())));
     drop(prober);
     holder.abort();
 }

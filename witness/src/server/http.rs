@@ -49,12 +49,19 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, String) {
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let status = AdminService::new(node.clone()).local_snapshot();
     let view = node.local_view();
-    let text = super::metrics::render(
-        &status,
-        view.as_deref(),
-        &node.counters,
-        crate::clock::unix_ms(),
-    );
+    let probes = node
+        .probe_stats()
+        .map(|stats| stats.snapshot())
+        .unwrap_or_default();
+    let applied = node.state.current();
+    let text = super::metrics::render(&super::metrics::Scrape {
+        status: &status,
+        view: view.as_deref(),
+        probes: &probes,
+        directives: &applied.state.ledger.directives,
+        counters: &node.counters,
+        now_ms: crate::clock::unix_ms(),
+    });
     (
         [(
             header::CONTENT_TYPE,

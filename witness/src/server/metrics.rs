@@ -6,33 +6,144 @@
 //! each site's tally and this witness's own probe and Consul view, and —
 //! on the leader — the agents and the pending failover), so a metric can
 //! never disagree with `status`. What status cannot show, events between
-//! two scrapes, is counted in [`Counters`] (lease grants and refusals).
+//! two scrapes, is counted as it happens: every probe attempt by the
+//! prober ([`ProbeStats`](crate::probe::ProbeStats)), and the leader's
+//! lease answers and expiries, directive reports and failover timings here
+//! in [`Counters`]. Counts start at zero when the process starts, as
+//! Prometheus counters may.
 //!
 //! Names follow Prometheus conventions: the `witness_` prefix, base units
 //! in the name (`_seconds`), `_total` on counters, one metric per meaning
-//! with the variable part in labels (`site`, `target`, `state`, …).
+//! with the variable part in labels (`site`, `target`, `state`, …), and
+//! histograms as `_bucket{le=…}` (cumulative, ending at `+Inf`), `_sum`
+//! and `_count`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use witness_proto::{RenewLeaseReply, StatusReply};
 
-use crate::probe::{Health, LocalView};
+use crate::histogram::{FAILOVER_SECONDS, Histogram};
+use crate::probe::{Health, LocalView, Outcome, TargetStats};
+use crate::state::Cause;
+use crate::state::ledger::Directive;
 
 /// Events counted between scrapes.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Lease grants per site, and refusals per site.
-    leases: Mutex<BTreeMap<(String, bool), u64>>,
+    // One std mutex for all of them: each event holds it for a map update,
+    // never across an await, and a scrape copies the tallies out first.
+    tallies: Mutex<Tallies>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Tallies {
+    /// Renewals answered per (site, granted).
+    renewals: BTreeMap<(String, bool), u64>,
+    /// Leases granted by this node as leader that ran out, per site.
+    expiries: BTreeMap<String, u64>,
+    /// Reports accepted or refused, per (site, role, outcome).
+    reports: BTreeMap<(String, String, String), u64>,
+    /// Failovers this node activated as leader, per cause label.
+    failovers: BTreeMap<&'static str, FailoverTimes>,
+}
+
+/// The phases of the failovers of one cause.
+#[derive(Clone, Debug)]
+struct FailoverTimes {
+    /// From the first decision to fail over (the drain) to the commit of
+    /// the `Activate`.
+    detection_to_activate: Histogram,
+    /// The part of it spent waiting out the old site's leases.
+    lease_wait: Histogram,
+}
+
+impl Default for FailoverTimes {
+    fn default() -> Self {
+        FailoverTimes {
+            detection_to_activate: Histogram::new(FAILOVER_SECONDS),
+            lease_wait: Histogram::new(FAILOVER_SECONDS),
+        }
+    }
+}
+
+/// The `cause` label of the failovers that are timed (an initial
+/// activation has no detection and no lease wait).
+const FAILOVER_CAUSES: [&str; 3] = ["site_down", "failback", "operator"];
+
+fn cause_label(cause: Cause) -> &'static str {
+    match cause {
+        Cause::Initial => "initial",
+        Cause::SiteDown => "site_down",
+        Cause::Failback => "failback",
+        Cause::Operator => "operator",
+    }
 }
 
 impl Counters {
+    fn tallies(&self) -> std::sync::MutexGuard<'_, Tallies> {
+        self.tallies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Count the leader's answer to a renewal from an agent of `site`.
     pub fn lease_answered(&self, site: &str, reply: &RenewLeaseReply) {
-        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        *leases.entry((site.to_string(), reply.granted)).or_default() += 1;
+        *self
+            .tallies()
+            .renewals
+            .entry((site.to_string(), reply.granted))
+            .or_default() += 1;
     }
+
+    /// Count a lease this leader granted to an agent of `site` that ran
+    /// out without renewal.
+    pub fn lease_expired(&self, site: &str) {
+        *self.tallies().expiries.entry(site.to_string()).or_default() += 1;
+    }
+
+    /// Count an agent's report on a directive of `site` for `role`, by what
+    /// became of it (`done`, `failed`, `retry`, `rejected`).
+    pub fn directive_reported(&self, site: &str, role: &str, outcome: &str) {
+        let key = (site.to_string(), role.to_string(), outcome.to_string());
+        *self.tallies().reports.entry(key).or_default() += 1;
+    }
+
+    /// Time a failover this leader committed: `detection_to_activate` from
+    /// its first decision to the commit, of which `lease_wait` waiting out
+    /// the old site's leases.
+    pub fn failover_activated(
+        &self,
+        cause: Cause,
+        detection_to_activate: Duration,
+        lease_wait: Duration,
+    ) {
+        let mut tallies = self.tallies();
+        let times = tallies.failovers.entry(cause_label(cause)).or_default();
+        times
+            .detection_to_activate
+            .observe(detection_to_activate.as_secs_f64());
+        times.lease_wait.observe(lease_wait.as_secs_f64());
+    }
+
+    fn snapshot(&self) -> Tallies {
+        self.tallies().clone()
+    }
+}
+
+/// What one scrape reads.
+pub struct Scrape<'a> {
+    /// This node's `status --local`.
+    pub status: &'a StatusReply,
+    /// This witness's probes and Consul view (`None`: not probing yet).
+    pub view: Option<&'a LocalView>,
+    /// Every probe attempt so far, per `(site, target)`.
+    pub probes: &'a BTreeMap<(String, String), TargetStats>,
+    /// The current epoch's directives, as applied here.
+    pub directives: &'a [Directive],
+    pub counters: &'a Counters,
+    /// The wall clock, for ages.
+    pub now_ms: u64,
 }
 
 /// One metric family being written: its `# HELP` / `# TYPE` header once,
@@ -83,6 +194,24 @@ impl Out {
         self.family(name, kind, help);
         self.sample(name, &[], value);
     }
+
+    /// The samples of one histogram: a cumulative `_bucket` per bound with
+    /// its `le` label, `+Inf` last, then `_sum` and `_count`.
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+        let bucket = format!("{name}_bucket");
+        for (bound, n) in h.cumulative() {
+            let le = if bound.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                number(bound)
+            };
+            let mut all = labels.to_vec();
+            all.push(("le", &le));
+            self.sample(&bucket, &all, n as f64);
+        }
+        self.sample(&format!("{name}_sum"), labels, h.sum());
+        self.sample(&format!("{name}_count"), labels, h.count() as f64);
+    }
 }
 
 /// A label value as the exposition format wants it.
@@ -108,14 +237,17 @@ const MODES: [&str; 2] = ["auto", "frozen"];
 const AGENT_STATES: [&str; 4] = ["starting", "standby", "serving", "fenced"];
 const HEALTHS: [&str; 3] = ["up", "down", "unknown"];
 
-/// The metrics text for this node's `status` (local, no forwarding), its
-/// probe view and its counters. `now_ms` is the wall clock, for ages.
-pub fn render(
-    status: &StatusReply,
-    view: Option<&LocalView>,
-    counters: &Counters,
-    now_ms: u64,
-) -> String {
+/// The metrics text of one scrape.
+pub fn render(scrape: &Scrape<'_>) -> String {
+    let Scrape {
+        status,
+        view,
+        probes,
+        directives,
+        counters,
+        now_ms,
+    } = *scrape;
+    let tallies = counters.snapshot();
     let mut o = Out {
         text: String::new(),
     };
@@ -312,17 +444,112 @@ pub fn render(
         "counter",
         "Renewals this node answered as leader, by site and outcome (granted, refused).",
     );
-    let leases = counters
-        .leases
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    for ((site, granted), n) in &leases {
+    for ((site, granted), n) in &tallies.renewals {
         let outcome = if *granted { "granted" } else { "refused" };
         o.sample(
             "witness_lease_renewals_total",
             &[("site", site), ("outcome", outcome)],
             *n as f64,
+        );
+    }
+    o.family(
+        "witness_lease_expiries_total",
+        "counter",
+        "Leases this node granted as leader that ran out without renewal, by site (leader only).",
+    );
+    let mut expiries = tallies.expiries.clone();
+    for site in &status.sites {
+        expiries.entry(site.name.clone()).or_default();
+    }
+    for (site, n) in &expiries {
+        o.sample("witness_lease_expiries_total", &[("site", site)], *n as f64);
+    }
+
+    // Directives.
+    o.family(
+        "witness_directives",
+        "gauge",
+        "The current epoch's directives in each state.",
+    );
+    for (state, n) in super::directives::count_by_state(directives) {
+        o.sample("witness_directives", &[("state", state)], n as f64);
+    }
+    o.family(
+        "witness_directive_reports_total",
+        "counter",
+        "Agents' directive reports this node handled as leader, by the directive's site and \
+         role and by outcome (done, failed, retry, rejected).",
+    );
+    for ((site, role, outcome), n) in &tallies.reports {
+        o.sample(
+            "witness_directive_reports_total",
+            &[("site", site), ("role", role), ("outcome", outcome)],
+            *n as f64,
+        );
+    }
+
+    // Failovers this node activated as leader.
+    let mut failovers = tallies.failovers.clone();
+    for cause in FAILOVER_CAUSES {
+        failovers.entry(cause).or_default();
+    }
+    o.family(
+        "witness_failover_detection_to_activate_seconds",
+        "histogram",
+        "From the leader's decision to fail over (the drain) to the commit of the Activate, by \
+         cause (leader only; a failover that changed leaders counts from the new leader's \
+         decision).",
+    );
+    for (cause, times) in &failovers {
+        o.histogram(
+            "witness_failover_detection_to_activate_seconds",
+            &[("cause", cause)],
+            &times.detection_to_activate,
+        );
+    }
+    o.family(
+        "witness_failover_lease_wait_seconds",
+        "histogram",
+        "The part of a failover spent waiting out the old site's leases, by cause (leader only).",
+    );
+    for (cause, times) in &failovers {
+        o.histogram(
+            "witness_failover_lease_wait_seconds",
+            &[("cause", cause)],
+            &times.lease_wait,
+        );
+    }
+
+    // Every probe attempt of this witness.
+    o.family(
+        "witness_probe_results_total",
+        "counter",
+        "This witness's probe attempts, by target and result (success, failure, timeout).",
+    );
+    for ((site, target), stats) in probes {
+        for (outcome, n) in Outcome::ALL.iter().zip(stats.results) {
+            o.sample(
+                "witness_probe_results_total",
+                &[
+                    ("site", site),
+                    ("target", target),
+                    ("result", outcome.as_str()),
+                ],
+                n as f64,
+            );
+        }
+    }
+    o.family(
+        "witness_probe_duration_seconds",
+        "histogram",
+        "How long this witness's probe attempts took, whatever their result (a timeout counts \
+         as its whole timeout).",
+    );
+    for ((site, target), stats) in probes {
+        o.histogram(
+            "witness_probe_duration_seconds",
+            &[("site", site), ("target", target)],
+            &stats.duration,
         );
     }
 
@@ -461,6 +688,47 @@ mod tests {
         }
     }
 
+    /// A scrape of `status()` with `counters` and no probes.
+    fn text_of(counters: &Counters, view: Option<&LocalView>, probes: &Probes) -> String {
+        render(&Scrape {
+            status: &status(),
+            view,
+            probes,
+            directives: &[],
+            counters,
+            now_ms: 3_000,
+        })
+    }
+
+    type Probes = BTreeMap<(String, String), TargetStats>;
+
+    /// The families a text declares, by name, with their type.
+    fn families(text: &str) -> BTreeMap<&str, &str> {
+        let mut declared = BTreeMap::new();
+        for rest in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let mut words = rest.split(' ');
+            let name = words.next().expect("name");
+            let kind = words.next().expect("type");
+            assert!(
+                declared.insert(name, kind).is_none(),
+                "{name} declared twice"
+            );
+        }
+        declared
+    }
+
+    /// The family a sample named `name` belongs to: itself, or the
+    /// histogram it is a `_bucket`, `_sum` or `_count` of.
+    fn family_of<'a>(declared: &BTreeMap<&str, &str>, name: &'a str) -> Option<&'a str> {
+        if declared.contains_key(name) {
+            return Some(name);
+        }
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .find(|base| declared.get(base) == Some(&"histogram"))
+    }
+
     /// Every sample line is `name{labels} value`, every family has its
     /// HELP and TYPE before its samples, and the values say what status
     /// says.
@@ -476,7 +744,7 @@ mod tests {
                 },
             );
         }
-        let text = render(&status(), None, &counters, 0);
+        let text = text_of(&counters, None, &Probes::new());
         let has = |line: &str| text.lines().any(|l| l == line);
         assert!(has("witness_verdict_epoch 3"), "{text}");
         assert!(has("witness_verdict_active{site=\"dc-b\"} 1"), "{text}");
@@ -505,22 +773,165 @@ mod tests {
             has("witness_lease_renewals_total{site=\"dc-b\",outcome=\"refused\"} 1"),
             "{text}"
         );
-        let mut declared = std::collections::BTreeSet::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let name = rest.split(' ').next().expect("name");
-                assert!(declared.insert(name.to_string()), "{name} declared twice");
-                continue;
-            }
-            if line.starts_with('#') {
-                continue;
-            }
+        let declared = families(&text);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().expect("name");
-            assert!(declared.contains(name), "{name} sampled before its TYPE");
+            assert!(
+                family_of(&declared, name).is_some(),
+                "{name} sampled before its TYPE"
+            );
             assert!(name.starts_with("witness_"), "{line}");
             let value = line.rsplit(' ').next().expect("value");
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    /// The events counted between scrapes: lease expiries (every site
+    /// listed, zero until one runs out), directive reports and the
+    /// directives by state.
+    #[test]
+    fn counts_lease_expiries_and_directive_reports() {
+        let counters = Counters::default();
+        counters.lease_expired("dc-a");
+        counters.lease_expired("dc-a");
+        counters.directive_reported("dc-b", "mailstore", "done");
+        counters.directive_reported("dc-b", "mailstore", "retry");
+        counters.directive_reported("dc-b", "mailstore", "done");
+        let text = text_of(&counters, None, &Probes::new());
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(
+            has("witness_lease_expiries_total{site=\"dc-a\"} 2"),
+            "{text}"
+        );
+        assert!(
+            has("witness_lease_expiries_total{site=\"dc-b\"} 0"),
+            "{text}"
+        );
+        assert!(
+            has(
+                "witness_directive_reports_total{site=\"dc-b\",role=\"mailstore\",outcome=\"done\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            has(
+                "witness_directive_reports_total{site=\"dc-b\",role=\"mailstore\",outcome=\"retry\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(has("witness_directives{state=\"pending\"} 0"), "{text}");
+        assert_eq!(families(&text).get("witness_directives"), Some(&"gauge"));
+    }
+
+    /// The lines of histogram `name` with labels starting `labels` (without
+    /// braces), in order.
+    fn histogram_lines<'t>(text: &'t str, name: &str, labels: &str) -> Vec<&'t str> {
+        text.lines()
+            .filter(|l| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| l.starts_with(&format!("{name}{s}{{{labels}")))
+            })
+            .collect()
+    }
+
+    /// A histogram is cumulative buckets with their `le` bound, `+Inf`
+    /// last and equal to `_count`, then `_sum` and `_count`; the failover
+    /// timings are per cause, every timed cause listed from the start.
+    #[test]
+    fn histograms_render_buckets_sum_and_count() {
+        let counters = Counters::default();
+        counters.failover_activated(
+            Cause::SiteDown,
+            Duration::from_millis(7_500),
+            Duration::from_millis(4_000),
+        );
+        counters.failover_activated(
+            Cause::SiteDown,
+            Duration::from_secs(25),
+            Duration::from_secs(5),
+        );
+        let text = text_of(&counters, None, &Probes::new());
+        let name = "witness_failover_detection_to_activate_seconds";
+        let lines = histogram_lines(&text, name, "cause=\"site_down\"");
+        let want: Vec<String> = [
+            ("1", 0),
+            ("2", 0),
+            ("5", 0),
+            ("10", 1),
+            ("15", 1),
+            ("20", 1),
+            ("30", 2),
+            ("45", 2),
+            ("60", 2),
+            ("90", 2),
+            ("120", 2),
+            ("300", 2),
+            ("600", 2),
+            ("+Inf", 2),
+        ]
+        .iter()
+        .map(|(le, n)| format!("{name}_bucket{{cause=\"site_down\",le=\"{le}\"}} {n}"))
+        .chain([
+            format!("{name}_sum{{cause=\"site_down\"}} 32.5"),
+            format!("{name}_count{{cause=\"site_down\"}} 2"),
+        ])
+        .collect();
+        assert_eq!(lines, want, "{text}");
+        let waits = histogram_lines(
+            &text,
+            "witness_failover_lease_wait_seconds",
+            "cause=\"site_down\"",
+        );
+        assert!(
+            waits.contains(&"witness_failover_lease_wait_seconds_sum{cause=\"site_down\"} 9"),
+            "{waits:#?}"
+        );
+        for cause in ["failback", "operator"] {
+            let empty = histogram_lines(&text, name, &format!("cause=\"{cause}\""));
+            assert_eq!(empty.len(), FAILOVER_SECONDS.len() + 3, "{text}");
+            assert!(empty.iter().all(|l| l.ends_with(" 0")), "{empty:#?}");
+        }
+        assert_eq!(families(&text).get(name), Some(&"histogram"));
+    }
+
+    /// Every probe attempt shows in its target's results and durations.
+    #[test]
+    fn probe_attempts_render_as_results_and_a_duration_histogram() {
+        let stats = crate::probe::ProbeStats::default();
+        let ms = Duration::from_millis;
+        stats.record("dc-a", "proxy", Outcome::Success, ms(3));
+        stats.record("dc-a", "proxy", Outcome::Success, ms(30));
+        stats.record("dc-a", "proxy", Outcome::Timeout, ms(2_000));
+        let text = text_of(&Counters::default(), None, &stats.snapshot());
+        let has = |line: &str| text.lines().any(|l| l == line);
+        let labels = "site=\"dc-a\",target=\"proxy\"";
+        for (result, n) in [("success", 2), ("failure", 0), ("timeout", 1)] {
+            let line = format!("witness_probe_results_total{{{labels},result=\"{result}\"}} {n}");
+            assert!(has(&line), "{line} in {text}");
+        }
+        for (le, n) in [
+            ("0.0025", 0),
+            ("0.005", 1),
+            ("0.05", 2),
+            ("2.5", 3),
+            ("+Inf", 3),
+        ] {
+            let line = format!("witness_probe_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}");
+            assert!(has(&line), "{line} in {text}");
+        }
+        assert!(
+            has(&format!(
+                "witness_probe_duration_seconds_sum{{{labels}}} 2.033"
+            )),
+            "{text}"
+        );
+        assert!(
+            has(&format!(
+                "witness_probe_duration_seconds_count{{{labels}}} 3"
+            )),
+            "{text}"
+        );
     }
 
     fn view() -> LocalView {
@@ -561,17 +972,15 @@ mod tests {
     /// metrics this module writes.
     #[test]
     fn the_dashboard_uses_only_metrics_that_exist() {
-        let text = render(&status(), Some(&view()), &Counters::default(), 3_000);
+        let stats = crate::probe::ProbeStats::default();
+        stats.record("dc-b", "proxy", Outcome::Success, Duration::from_millis(3));
+        let text = text_of(&Counters::default(), Some(&view()), &stats.snapshot());
         assert!(
             text.lines()
                 .any(|l| l == "witness_consul_reading_age_seconds 2"),
             "{text}"
         );
-        let declared: std::collections::BTreeSet<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.split(' ').next())
-            .collect();
+        let declared = families(&text);
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/witness.json");
         let dashboard = std::fs::read_to_string(&path).expect("read the dashboard");
@@ -594,7 +1003,7 @@ mod tests {
         assert!(used.len() >= 10, "{used:?}");
         for name in &used {
             assert!(
-                declared.contains(name),
+                family_of(&declared, name).is_some(),
                 "the dashboard uses {name}, which /metrics does not serve"
             );
         }

@@ -451,6 +451,18 @@ impl Witness for WitnessService {
                 at_unix_ms: crate::node::unix_ms(),
             })
             .await?;
+        let (site, role) = {
+            let applied = self.node.state.current();
+            super::directives::site_and_role(&applied.state.ledger, req.epoch, &req.name)
+        };
+        let outcome = match &response {
+            crate::state::Response::DirectiveUpdated { state } => {
+                super::directives::report_outcome(state)
+            }
+            crate::state::Response::Rejected(_) => "rejected",
+            _ => "error",
+        };
+        self.node.counters.directive_reported(&site, &role, outcome);
         match response {
             crate::state::Response::DirectiveUpdated { state } => {
                 tracing::info!(

@@ -169,6 +169,16 @@ pub enum DirectiveState {
 }
 
 impl DirectiveState {
+    /// Every [`DirectiveState::name`], in declaration order.
+    pub const NAMES: [&'static str; 6] = [
+        "pending",
+        "claimed",
+        "done",
+        "failed",
+        "superseded",
+        "unreachable",
+    ];
+
     /// Short name, as in `witnessctl directives list`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -791,5 +801,35 @@ mod tests {
         let tail = clip(&long);
         assert!(tail.len() <= MAX_OUTPUT_TAIL);
         assert!(tail.ends_with("yyyyyyyyyy"));
+    }
+
+    /// `NAMES` lists every state's name, in order (the metrics count
+    /// directives by it).
+    #[test]
+    fn names_lists_every_state() {
+        let all = [
+            DirectiveState::Pending,
+            DirectiveState::Claimed {
+                agent: "a".into(),
+                generation: 1,
+                log_index: 1,
+            },
+            DirectiveState::Done {
+                agent: "a".into(),
+                generation: 1,
+                exit_code: 0,
+                output_tail: String::new(),
+            },
+            DirectiveState::Failed {
+                reason: "r".into(),
+                agent: None,
+                generation: 1,
+                exit_code: None,
+                output_tail: String::new(),
+            },
+            DirectiveState::Superseded { by_epoch: 2 },
+            DirectiveState::Unreachable,
+        ];
+        assert_eq!(all.map(|s| s.name()), DirectiveState::NAMES);
     }
 }
