@@ -45,6 +45,31 @@ impl AdminService {
         reply
     }
 
+    /// The newest `limit` history records this node has applied (0: all),
+    /// oldest first. No read barrier: the `history` RPC puts one in front;
+    /// the status page falls back to this when the leader cannot be reached.
+    pub fn local_history(&self, limit: u32) -> HistoryReply {
+        let applied = self.node.state.current();
+        let limit = match limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let records = &applied.state.history;
+        let skip = records.len().saturating_sub(limit);
+        let entries = records[skip..]
+            .iter()
+            .map(|r| HistoryEntry {
+                log_index: r.log_index,
+                at_unix_ms: r.at_unix_ms,
+                by: r.by.to_string(),
+                reason: r.reason.clone(),
+                event: r.event.to_string(),
+                json: serde_json::to_string(r).unwrap_or_default(),
+            })
+            .collect();
+        HistoryReply { entries }
+    }
+
     async fn forward<T, R, F, Fut>(
         &self,
         request: &Request<T>,
@@ -609,25 +634,7 @@ impl Admin for AdminService {
             return r;
         }
         self.node.linearizable_barrier().await?;
-        let applied = self.node.state.current();
-        let limit = match request.get_ref().limit {
-            0 => usize::MAX,
-            n => n as usize,
-        };
-        let records = &applied.state.history;
-        let skip = records.len().saturating_sub(limit);
-        let entries = records[skip..]
-            .iter()
-            .map(|r| HistoryEntry {
-                log_index: r.log_index,
-                at_unix_ms: r.at_unix_ms,
-                by: r.by.to_string(),
-                reason: r.reason.clone(),
-                event: r.event.to_string(),
-                json: serde_json::to_string(r).unwrap_or_default(),
-            })
-            .collect();
-        Ok(Response::new(HistoryReply { entries }))
+        Ok(Response::new(self.local_history(request.get_ref().limit)))
     }
 
     async fn freeze(&self, request: Request<FreezeRequest>) -> Res<ModeReply> {

@@ -5,6 +5,8 @@
 //! - `/readyz`: 200 once the node is a member that knows its leader and has
 //!   applied the cluster policy; otherwise 503 with the reason in the body.
 //! - `/metrics`: Prometheus metrics ([`super::metrics`]).
+//! - `/` (and `/status`), `/status.json`, `/history.json`: the status page
+//!   and its data ([`super::status_page`]).
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(super::status_page::routes())
         .with_state(node)
 }
 

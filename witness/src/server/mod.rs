@@ -1,11 +1,13 @@
 //! The network faces of a witness: one gRPC port (`Raft`, `Admin`, standard
-//! health and reflection) and one HTTP port (`/healthz`, `/readyz`).
+//! health and reflection) and one HTTP port (`/healthz`, `/readyz`,
+//! `/metrics` and the status page).
 
 pub mod admin;
 pub mod directives;
 pub mod http;
 pub mod metrics;
 pub mod raft_service;
+pub mod status_page;
 pub mod witness_service;
 
 use std::sync::Arc;

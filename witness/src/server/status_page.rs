@@ -1,0 +1,296 @@
+//! The status page: a read-only view of the cluster for people, on the
+//! HTTP port.
+//!
+//! - `GET /` and `GET /status`: one self-contained HTML page
+//!   (`status_page.html`: inline CSS and JavaScript, no external assets, so
+//!   it works on a network without internet access). It reads the two
+//!   documents below from the same witness every 2 s and shows the cluster,
+//!   the verdict (active site, epoch, mode, freeze, pending failover), each
+//!   witness's view of each site, the witnesses, the agents and the recent
+//!   history as a timeline. Text enters the page only as text nodes, never
+//!   as markup, and a Content-Security-Policy forbids loading anything from
+//!   elsewhere.
+//! - `GET /status.json`: the leader's view, as `witnessctl status --output
+//!   json` prints it (the same [`status_json`] document), plus `view`
+//!   (`"leader"`, or `"local"` when the leader could not be asked and this
+//!   is the serving witness's own view, explained in `note`), `served_by`
+//!   and `served_by_name`.
+//! - `GET /history.json?limit=N`: `{view, note, served_by, served_by_name,
+//!   records}`, `records` being the newest `N` (default
+//!   [`DEFAULT_HISTORY`], at most [`MAX_HISTORY`]) history records, oldest
+//!   first, as `witnessctl history --output json` prints them
+//!   ([`history_json`]). When the leader cannot be asked, the records are
+//!   this witness's applied copy, which may lag.
+//!
+//! Nothing here changes state: there are no buttons, and operators act with
+//! `witnessctl`. Every request is bounded by [`LEADER_TIMEOUT`]: a page that
+//! hangs on a partitioned leader would hide exactly the moment it is
+//! needed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use witness_proto::admin_server::Admin;
+use witness_proto::json::{history_json, non_empty, status_json};
+use witness_proto::{HistoryReply, HistoryRequest, StatusReply, StatusRequest};
+
+use super::admin::AdminService;
+use crate::node::Node;
+
+/// The page itself.
+const PAGE: &str = include_str!("status_page.html");
+
+/// How long the page's data requests wait for the leader before answering
+/// with this witness's own view. The page refreshes every 2 s; a leader
+/// slower than that is, for a person watching, as good as unreachable.
+pub const LEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// History records `/history.json` returns without `?limit=`.
+pub const DEFAULT_HISTORY: u32 = 50;
+
+/// The most history records one `/history.json` answer carries, so a page
+/// left open cannot make the leader serialise the whole history every 2 s.
+pub const MAX_HISTORY: u32 = 1000;
+
+/// The page may run only its own inline script and style and talk only to
+/// the witness that served it.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+/// Routes of the status page, merged into the HTTP port's router.
+pub fn routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/", get(page))
+        .route("/status", get(page))
+        .route("/status.json", get(status))
+        .route("/history.json", get(history))
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        PAGE,
+    )
+}
+
+fn json_response(doc: Value) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        doc.to_string(),
+    )
+}
+
+/// Why the leader's answer is missing, for `note`.
+fn unreachable_note(error: Option<tonic::Status>) -> String {
+    match error {
+        Some(e) => format!("could not ask the leader: {}", e.message()),
+        None => format!("the leader did not answer within {LEADER_TIMEOUT:?}"),
+    }
+}
+
+async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let admin = AdminService::new(node.clone());
+    let asked = admin.status(tonic::Request::new(StatusRequest { local: false }));
+    let reply = match tokio::time::timeout(LEADER_TIMEOUT, asked).await {
+        Ok(Ok(reply)) => reply.into_inner(),
+        Ok(Err(e)) => local_status(&admin, unreachable_note(Some(e))),
+        Err(_) => local_status(&admin, unreachable_note(None)),
+    };
+    json_response(status_document(&node, &reply))
+}
+
+fn local_status(admin: &AdminService, note: String) -> StatusReply {
+    let mut reply = admin.local_snapshot();
+    reply.note = note;
+    reply
+}
+
+/// [`status_json`] with the page's fields. Only the leader's answer has the
+/// agents and the pending failover, so any other answer is a local view —
+/// also the one the Admin service itself falls back to when forwarding
+/// fails.
+fn status_document(node: &Node, reply: &StatusReply) -> Value {
+    let mut doc = status_json(reply);
+    if let Value::Object(fields) = &mut doc {
+        let view = if reply.role == "leader" {
+            "leader"
+        } else {
+            "local"
+        };
+        fields.insert("view".into(), view.into());
+        fields.insert("served_by".into(), node.config.node.id.into());
+        fields.insert(
+            "served_by_name".into(),
+            node.config.node.name.clone().into(),
+        );
+    }
+    doc
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    limit: Option<u32>,
+}
+
+async fn history(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<HistoryQuery>,
+) -> impl IntoResponse {
+    let limit = query.limit.unwrap_or(DEFAULT_HISTORY).clamp(1, MAX_HISTORY);
+    let admin = AdminService::new(node.clone());
+    let asked = admin.history(tonic::Request::new(HistoryRequest { limit }));
+    let (reply, note) = match tokio::time::timeout(LEADER_TIMEOUT, asked).await {
+        Ok(Ok(reply)) => (reply.into_inner(), None),
+        Ok(Err(e)) => (admin.local_history(limit), Some(unreachable_note(Some(e)))),
+        Err(_) => (admin.local_history(limit), Some(unreachable_note(None))),
+    };
+    json_response(history_document(&node, &reply, note))
+}
+
+fn history_document(node: &Node, reply: &HistoryReply, note: Option<String>) -> Value {
+    let view = if note.is_some() { "local" } else { "leader" };
+    json!({
+        "view": view,
+        "note": non_empty(note.as_deref().unwrap_or_default()),
+        "served_by": node.config.node.id,
+        "served_by_name": node.config.node.name,
+        "records": history_json(reply),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use crate::config::NodeConfig;
+
+    /// A witness with an empty data dir: a joiner that knows no leader, so
+    /// every data route takes its local fallback.
+    async fn joiner(dir: &std::path::Path) -> Arc<Node> {
+        let text = format!(
+            "[node]\nid = 1\nname = \"w1\"\nsite = \"dc-a\"\ncluster = \"test\"\n\
+             listen = \"127.0.0.1:7410\"\nhttp_listen = \"127.0.0.1:7411\"\n\
+             data_dir = \"{}\"\n\n[[peer]]\nid = 1\nname = \"w1\"\naddr = \"127.0.0.1:7410\"\n\
+             site = \"dc-a\"\n",
+            dir.display()
+        );
+        let config = NodeConfig::parse(&text, std::path::Path::new("w1.toml")).expect("config");
+        Node::start(config).await.expect("start node")
+    }
+
+    async fn get(node: &Arc<Node>, uri: &str) -> (StatusCode, String, String) {
+        let response = super::super::http::router(node.clone())
+            .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (
+            status,
+            content_type,
+            String::from_utf8(bytes.to_vec()).expect("utf-8"),
+        )
+    }
+
+    /// Both page paths serve the HTML page; the data routes serve JSON,
+    /// falling back to the witness's own view (saying so) when there is no
+    /// leader to ask.
+    #[tokio::test]
+    async fn routes_answer_with_their_content_types_and_local_fallbacks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = joiner(dir.path()).await;
+        for path in ["/", "/status"] {
+            let (code, ctype, body) = get(&node, path).await;
+            assert_eq!(code, StatusCode::OK, "{path}");
+            assert_eq!(ctype, "text/html; charset=utf-8", "{path}");
+            assert!(body.contains("id=\"active-site\""), "{path}");
+        }
+
+        let (code, ctype, body) = get(&node, "/status.json").await;
+        assert_eq!((code, ctype.as_str()), (StatusCode::OK, "application/json"));
+        let doc: Value = serde_json::from_str(&body).expect("status json");
+        assert_eq!(doc["view"], "local", "{doc}");
+        assert_eq!(doc["served_by"], 1);
+        assert_eq!(doc["served_by_name"], "w1");
+        assert!(doc["note"].is_string(), "the fallback says why: {doc}");
+        for field in [
+            "cluster_name",
+            "active_site",
+            "epoch",
+            "mode",
+            "members",
+            "sites",
+        ] {
+            assert!(doc.get(field).is_some(), "status_json's {field} is kept");
+        }
+
+        let (code, ctype, body) = get(&node, "/history.json?limit=5").await;
+        assert_eq!((code, ctype.as_str()), (StatusCode::OK, "application/json"));
+        let doc: Value = serde_json::from_str(&body).expect("history json");
+        assert_eq!(doc["view"], "local", "{doc}");
+        assert!(doc["note"].is_string(), "{doc}");
+        assert!(doc["records"].is_array(), "{doc}");
+
+        let (code, _, _) = get(&node, "/history.json?limit=many").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+    }
+
+    /// The page loads nothing from anywhere: no absolute URL in any `src`
+    /// or `href`, no `@import` or `url()` in its style, no `innerHTML` (text
+    /// goes in as text nodes), and the data it fetches is relative to the
+    /// witness that served it.
+    #[test]
+    fn page_is_self_contained_and_builds_no_markup_from_data() {
+        let lower = PAGE.to_ascii_lowercase();
+        for scheme in ["http://", "https://"] {
+            assert!(!lower.contains(scheme), "the page names a {scheme} URL");
+        }
+        for attr in ["src", "href", "action"] {
+            for quote in ["\"", "'", ""] {
+                for scheme in ["http:", "https:", "//"] {
+                    let needle = format!("{attr}={quote}{scheme}");
+                    assert!(!lower.contains(&needle), "external asset: {needle}");
+                }
+            }
+        }
+        for banned in [
+            "@import",
+            "url(",
+            "innerhtml",
+            "outerhtml",
+            "document.write",
+        ] {
+            assert!(!lower.contains(banned), "the page uses {banned}");
+        }
+        assert!(PAGE.contains("getJson(\"status.json\")"));
+        assert!(PAGE.contains("getJson(\"history.json\")"));
+        assert!(PAGE.contains("<noscript>") && PAGE.contains("witnessctl status"));
+    }
+}
