@@ -201,3 +201,43 @@ fn demo_refuses_what_it_cannot_use() {
     );
     assert!(msg.contains("--port-base"), "{msg}");
 }
+
+/// The children of a demo that is killed outright (SIGKILL: no cleanup
+/// runs) die with it: no witness or agent is left behind.
+#[test]
+fn killing_the_demo_kills_its_children() {
+    let base = free_port_base();
+    let mut demo = Demo::start(base);
+    demo.wait_for("ACTIVATE dc-a at epoch 1", SETTLE);
+    demo.wait_for("agent mbox-a (dc-a/mailstore): serving", SETTLE);
+    let pid = demo.child.id();
+    let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the demo's threads")
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    assert_eq!(
+        children.len(),
+        7,
+        "three witnesses and four agents: {children:?}"
+    );
+    demo.child.kill().expect("SIGKILL the demo");
+    let _ = demo.child.wait();
+    let alive = |p: &u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
+    };
+    wait_until(SETTLE, "every child of the killed demo to be gone", || {
+        (!children.iter().any(alive)).then_some(())
+    });
+    wait_until(SETTLE, "the demo's ports to be free", || {
+        (base..base + PORT_SPAN)
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+            .then_some(())
+    });
+}

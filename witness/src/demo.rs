@@ -503,13 +503,30 @@ impl Procs {
     fn spawn(&mut self, exe: &Path, args: &[&str], log: &Path, name: &str) -> anyhow::Result<()> {
         let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .process_group(0)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // If the demo itself is killed (SIGKILL runs no cleanup), the kernel
+        // kills its children too, so no witness or agent outlives it. The
+        // children are spawned from the main thread, which lives as long as
+        // the demo does.
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the
+        // parent; it runs in the child between fork and exec.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         self.children
