@@ -73,6 +73,17 @@ impl Demo {
         );
     }
 
+    /// The temporary directory the demo prints.
+    fn data_dir(&mut self) -> PathBuf {
+        let line = self.wait_for("data, configs, logs and actions.log: ", SETTLE);
+        PathBuf::from(
+            line.split("actions.log: ")
+                .nth(1)
+                .and_then(|s| s.split(" (removed on exit)").next())
+                .expect("the data dir is printed"),
+        )
+    }
+
     fn type_line(&mut self, line: &str) {
         writeln!(self.stdin, "{line}").expect("type into the demo");
         self.stdin.flush().expect("flush");
@@ -94,14 +105,7 @@ fn demo_shows_a_failover_and_cleans_up_on_ctrl_c() {
 
     // What runs, and what to try.
     demo.wait_for(&format!("witness w1 (dc-a)  gRPC 127.0.0.1:{base}"), SETTLE);
-    let dir_line = demo.wait_for("data, configs, logs and actions.log: ", SETTLE);
-    let dir = PathBuf::from(
-        dir_line
-            .split("actions.log: ")
-            .nth(1)
-            .and_then(|s| s.split(" (removed on exit)").next())
-            .expect("the data dir is printed"),
-    );
+    let dir = demo.data_dir();
     assert!(dir.is_dir(), "{} exists while the demo runs", dir.display());
     demo.wait_for("export WITNESS_ENDPOINTS=", SETTLE);
     demo.wait_for("fail dc-a", SETTLE);
@@ -208,6 +212,7 @@ fn demo_refuses_what_it_cannot_use() {
 fn killing_the_demo_kills_its_children() {
     let base = free_port_base();
     let mut demo = Demo::start(base);
+    let dir = demo.data_dir();
     demo.wait_for("ACTIVATE dc-a at epoch 1", SETTLE);
     demo.wait_for("agent mbox-a (dc-a/mailstore): serving", SETTLE);
     let pid = demo.child.id();
@@ -240,4 +245,6 @@ fn killing_the_demo_kills_its_children() {
             .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
             .then_some(())
     });
+    // Nothing ran the demo's cleanup: its temporary directory is left.
+    std::fs::remove_dir_all(&dir).expect("remove the killed demo's directory");
 }
