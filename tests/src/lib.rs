@@ -33,6 +33,19 @@ pub const SETTLE: Duration = Duration::from_secs(30);
 /// case — with room for a loaded CI machine running several tests at once.
 pub const FAILOVER_BOUND: Duration = Duration::from_secs(40);
 
+/// Fail the test unless `program --version` runs: a tool the test needs
+/// from the system, installed by `.ci/run` as `package`.
+pub fn require_tool(program: &str, package: &str) {
+    let found = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{program} is missing: install the `{package}` package (.ci/run does)"
+    );
+}
+
 /// Directory with the built `witness` and `witnessctl`, building them first
 /// (once per test process) so tests never run stale binaries.
 pub fn bin_dir() -> &'static Path {

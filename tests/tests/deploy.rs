@@ -11,24 +11,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use witness_e2e::{text, witness_bin};
+use witness_e2e::{require_tool, text, witness_bin};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd")
 }
 
 const SYSTEMD_ANALYZE: &str = "systemd-analyze";
-
-fn require_systemd_analyze() {
-    let found = Command::new(SYSTEMD_ANALYZE)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "systemd-analyze is missing: install the `systemd` package (.ci/run does)"
-    );
-}
 
 /// Copy `name` from deploy/systemd into `dir`, pointing its commands at the
 /// binary this build made (verify checks that each one is executable).
@@ -85,7 +74,7 @@ fn warnings_about(out: &Output, dir: &Path) -> Vec<String> {
 
 #[test]
 fn systemd_units_verify_cleanly_and_bind_fenced_services_to_the_agent() {
-    require_systemd_analyze();
+    require_tool(SYSTEMD_ANALYZE, "systemd");
     let dir = tempfile::tempdir().expect("tempdir");
 
     // The check itself works: an unknown key is reported.

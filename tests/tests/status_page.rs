@@ -38,21 +38,8 @@ const CHROMIUM: &str = "chromium";
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
 /// Virtual time the page runs before the DOM is dumped: a few refreshes.
 const PAGE_TIME_MS: u64 = 5_000;
-/// Detection, the lease wait and the commits, with slack (as verdict.rs).
-const FAILOVER_BOUND: Duration = Duration::from_secs(40);
 /// Time for agents to connect and renew.
 const AGENT_SETTLE: Duration = Duration::from_secs(20);
-
-fn require_chromium() {
-    let found = Command::new(CHROMIUM)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "chromium is missing: install the `chromium` package (.ci/run does)"
-    );
-}
 
 /// What one headless Chromium run left behind.
 struct Load {
@@ -186,7 +173,7 @@ fn leader_and_follower(c: &Cluster) -> (u64, NodeSpec) {
 /// up as a console line in Chromium's log.
 #[test]
 fn the_console_check_sees_a_script_error() {
-    require_chromium();
+    require_tool(CHROMIUM, "chromium");
     let dir = tempfile::tempdir().expect("tempdir");
     let page = dir.path().join("broken.html");
     fs::write(
@@ -217,7 +204,7 @@ fn the_console_check_sees_a_script_error() {
 /// it shows the remaining witness's own view.
 #[test]
 fn status_page_shows_the_active_site_and_follows_a_failover() {
-    require_chromium();
+    require_tool(CHROMIUM, "chromium");
     let mut sites = Sites::start();
     let mut c = Cluster::running(3, "", &sites.policy(""));
     c.wait_verdict("dc-a", 1, SETTLE);

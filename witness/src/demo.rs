@@ -177,13 +177,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for id in 1..=3u16 {
         procs.spawn(
             &exe,
-            &[
-                "run",
-                "--config",
-                &lab.witness_config(id).display().to_string(),
-            ],
-            &dir.join(format!("w{id}.log")),
-            &format!("witness w{id}"),
+            "run",
+            &lab.witness_config(id),
+            &dir,
+            &format!("w{id}"),
         )?;
     }
     let ready = wait_ready(&ports, Duration::from_secs(30)).await;
@@ -191,18 +188,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         procs.stop().await;
         bail!("{e}; see the logs in {}", dir.display());
     }
-    for (site, mbox, proxy, _) in SITES {
+    for (_, mbox, proxy, _) in SITES {
         for agent in [mbox, proxy] {
-            procs.spawn(
-                &exe,
-                &[
-                    "agent",
-                    "--config",
-                    &lab.agent_config(agent).display().to_string(),
-                ],
-                &dir.join(format!("{agent}.log")),
-                &format!("agent {agent} ({site})"),
-            )?;
+            procs.spawn(&exe, "agent", &lab.agent_config(agent), &dir, agent)?;
         }
     }
 
@@ -500,12 +488,24 @@ struct Procs {
 }
 
 impl Procs {
-    fn spawn(&mut self, exe: &Path, args: &[&str], log: &Path, name: &str) -> anyhow::Result<()> {
-        let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    /// `witness <kind> --config <config>` (`run` or `agent`), logging to
+    /// `<dir>/<name>.log`.
+    fn spawn(
+        &mut self,
+        exe: &Path,
+        kind: &str,
+        config: &Path,
+        dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let log = dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let mut command = Command::new(exe);
         command
-            .args(args)
+            .arg(kind)
+            .arg("--config")
+            .arg(config)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -526,11 +526,14 @@ impl Procs {
                 Ok(())
             });
         }
+        let label = match kind {
+            "run" => format!("witness {name}"),
+            _ => format!("{kind} {name}"),
+        };
         let child = command
             .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        self.children
-            .push((name.to_string(), child, log.to_path_buf()));
+            .with_context(|| format!("starting {label}"))?;
+        self.children.push((label, child, log));
         Ok(())
     }
 
