@@ -396,7 +396,11 @@ mod tests {
         let v = config_voters(&f).expect("voters");
         assert_eq!(v[0].site, "dc-a");
         std::fs::write(&f, "[node]\nid = 1\n").expect("write");
-        assert!(config_voters(&f).expect_err("no peers").contains("no [[peer]]"));
+        assert!(
+            config_voters(&f)
+                .expect_err("no peers")
+                .contains("no [[peer]]")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
