@@ -410,6 +410,33 @@ impl BgpLab {
             .expect("pause bird");
     }
 
+    /// Kill `host`'s BIRD (its machine died): its BGP session closes, so
+    /// the router drops its routes at once.
+    pub fn kill(&mut self, host: &str) {
+        self.birds
+            .get_mut(host)
+            .expect("a bird")
+            .kill()
+            .expect("kill bird");
+    }
+
+    /// Start a killed BIRD again as its machine's boot would: the include
+    /// file withdrawn first (`ExecStartPre`), so it announces nothing until
+    /// its agent holds a lease again.
+    pub fn restart(&mut self, host: &str) {
+        let out = self.bgp(host, &["withdraw", "--no-reconfigure"], None);
+        assert!(
+            out.status.success(),
+            "withdraw before start: {}",
+            text(&out)
+        );
+        self.birds
+            .get_mut(host)
+            .expect("a bird")
+            .restart()
+            .expect("restart bird");
+    }
+
     /// Let a paused BIRD run again.
     pub fn resume(&mut self, host: &str) {
         self.birds

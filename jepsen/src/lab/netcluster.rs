@@ -176,6 +176,18 @@ impl NetCluster {
         extra: &str,
         more: &[(&str, Option<&str>)],
     ) -> Option<NetCluster> {
+        NetCluster::start_with_policy(tag, octet, more, |c| c.policy_toml("ignore", extra, false))
+    }
+
+    /// As [`start_with_hosts`](Self::start_with_hosts), with the cluster
+    /// policy written by `policy` (e.g. [`policy_toml`](Self::policy_toml)
+    /// edited), once the hosts and services exist.
+    pub fn start_with_policy(
+        tag: &str,
+        octet: u8,
+        more: &[(&str, Option<&str>)],
+        policy: impl FnOnce(&NetCluster) -> String,
+    ) -> Option<NetCluster> {
         if skipped() {
             return None;
         }
@@ -207,7 +219,7 @@ impl NetCluster {
             c.services
                 .insert(host.to_string(), HostService::start(&ns, addr));
         }
-        c.policy = c.policy_toml("ignore", extra, false);
+        c.policy = policy(&c);
         c.write_configs();
         c.init_and_start();
         c.wait_verdict("dc-a", 1, SETTLE);

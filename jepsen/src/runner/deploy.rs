@@ -60,6 +60,12 @@ pub struct Deployment {
     /// By host.
     pub services: BTreeMap<String, FencedService>,
     pub watchdogs: BTreeMap<String, Arc<FakeWatchdog>>,
+    /// Agents whose machine died with its site, not yet in the history:
+    /// (agent, site, role, epoch of its last state, BOOTTIME ms of the
+    /// death). A killed agent cannot log its end; the harness saw it.
+    pub deaths: Vec<(String, String, String, u64, f64)>,
+    /// Proxy hosts whose BIRD died with their site.
+    dead_birds: std::collections::BTreeSet<String>,
     pub bgp: BgpLab,
     pub lab: AgentLab,
     pub cluster: NetCluster,
@@ -74,13 +80,32 @@ impl Deployment {
         if crate::lab::bgp::skipped() {
             return None;
         }
-        let cluster = NetCluster::start_with_hosts(tag, octet, EXTRA_POLICY, &[(ROUTER, None)])?;
+        let cluster = NetCluster::start_with_policy(tag, octet, &[(ROUTER, None)], |c| {
+            // Each site names its mail host, so an Activate carries the
+            // promotion of the lost site's accounts (the mailstore agents'
+            // `[carbonio] mail_host` is `mbox.<site>.test`).
+            let mut p = c.policy_toml("ignore", EXTRA_POLICY, false);
+            for site in ["dc-a", "dc-b"] {
+                for active in ["true", "false"] {
+                    p = p.replace(
+                        &format!("name = \"{site}\"\nactive = {active}\n"),
+                        &format!(
+                            "name = \"{site}\"\nactive = {active}\n\
+                             mail_hosts = [\"mbox.{site}.test\"]\n"
+                        ),
+                    );
+                }
+            }
+            p
+        })?;
         let bgp = BgpLab::start_on(&cluster.net);
         let lab = AgentLab::new(&crate::lab::fake_carbonio_bin().display().to_string());
         let mut d = Deployment {
             agents: BTreeMap::new(),
             services: BTreeMap::new(),
             watchdogs: BTreeMap::new(),
+            deaths: Vec::new(),
+            dead_birds: Default::default(),
             bgp,
             lab,
             cluster,
@@ -166,9 +191,27 @@ impl Deployment {
     /// agents all stop.
     pub fn kill_site(&mut self, site: &str) {
         self.cluster.kill_site(site);
-        for (name, host, s, ..) in AGENTS {
+        for (name, host, s, role, _) in AGENTS {
             if s == site {
+                let epoch = self
+                    .agents
+                    .get(name)
+                    .and_then(|slot| slot.proc.as_ref())
+                    .and_then(|p| p.states().last().and_then(|v| v["epoch"].as_u64()));
                 self.kill_agent(name);
+                if role == "proxy" {
+                    self.bgp.kill(host);
+                    self.dead_birds.insert(host.to_string());
+                }
+                if let Some(epoch) = epoch {
+                    self.deaths.push((
+                        name.to_string(),
+                        site.to_string(),
+                        role.to_string(),
+                        epoch,
+                        super::recorder::now_ms(),
+                    ));
+                }
                 if let Some(svc) = self.services.get_mut(host) {
                     svc.stop();
                 }
@@ -179,12 +222,15 @@ impl Deployment {
     /// The site's machines come back: services, then agents.
     pub fn revive_site(&mut self, site: &str) {
         self.cluster.revive_site(site);
-        for (name, host, s, ..) in AGENTS {
+        for (name, host, s, role, _) in AGENTS {
             if s == site {
                 if let Some(svc) = self.services.get_mut(host)
                     && let Err(e) = svc.restart()
                 {
                     eprintln!("jepsen: restarting the fenced service on {host}: {e}");
+                }
+                if role == "proxy" && self.dead_birds.remove(host) {
+                    self.bgp.restart(host);
                 }
                 self.start_agent(name);
             }

@@ -45,6 +45,7 @@ use rand::{Rng, SeedableRng};
 use crate::checker::Valid;
 use crate::history::{
     AgentMeta, Event, Meta, NemesisAction, NemesisEvent, OpF, OpType, Phase, PhaseMark,
+    ServingChange, ServingState,
 };
 use crate::lab::bgp::{PROXIES, ROUTER, VIP};
 use crate::lab::netcluster::{OPS, WITNESSES};
@@ -207,6 +208,23 @@ fn route_proxies(d: &Deployment) -> Vec<(std::net::Ipv4Addr, String)> {
         .collect()
 }
 
+/// An agent killed with its site's machines serves no more from its death
+/// on, though its own log cannot say so: the harness records it.
+fn record_deaths(rec: &Recorder, d: &mut Deployment) {
+    for (agent, site, role, epoch, t_ms) in d.deaths.drain(..) {
+        rec.record(&Event::Serving(ServingChange {
+            t_ms,
+            agent,
+            site,
+            role,
+            state: ServingState::Fenced,
+            epoch,
+            reason: "its machine died with the site (killed by the nemesis)".into(),
+            at_unix_ms: None,
+        }));
+    }
+}
+
 /// Run one test; its directory and results.
 pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
     let dir = run_dir(&opts.store, &opts.name)?;
@@ -306,6 +324,7 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
             }
         };
         eprintln!("jepsen: fault {id}: {kind} {targets:?}");
+        record_deaths(&rec, &mut d);
         rec.record(&Event::Nemesis(NemesisEvent {
             t_ms: now_ms(),
             action: NemesisAction::Start,
