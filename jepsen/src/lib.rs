@@ -10,8 +10,9 @@
 //! composes `results.json` (valid `true`, `false` or `"unknown"`) and
 //! [`report`] draws `timeline.html`. `jepsen analyze <dir>` re-runs all of
 //! that on a stored run (exit 0 valid, 1 invalid, 2 unknown, 3 bad input).
-//! The runner that produces histories comes separately; the schema it must
-//! write is documented in [`history`].
+//! [`runner`] produces histories (`jepsen test`, `jepsen test-all`) from
+//! the deployment in [`lab`], which the end-to-end tests share; the
+//! schema it writes is documented in [`history`].
 //!
 //! The plumbing for running the real binaries under faults:
 //! - [`net`]: hosts as namespaces on one bridge, created and torn down
@@ -33,11 +34,13 @@ pub mod checker;
 pub mod cmd;
 pub mod error;
 pub mod history;
+pub mod lab;
 pub mod nemesis;
 pub mod net;
 pub mod netns;
 pub mod report;
 pub mod results;
+pub mod runner;
 
 pub use error::{Error, Result};
 pub use nemesis::{Latency, Nemesis, Proc, ProcSpec, SkewedClock};

@@ -16,13 +16,23 @@
 //! | 2 | unknown (no checker false, some unknown) |
 //! | 3 | could not run: bad arguments, a missing or malformed history, an output not writable; the message says what to fix |
 //!
-//! The runner's `test` and `test-all` commands join [`Command`] when the
-//! workload lands.
+//! - `jepsen test [--nemesis a,b] [--time-limit S] [--seed N]`: deploy the
+//!   real binaries on namespace hosts, run the workload under the named
+//!   nemeses (default: a mix of all), check the history; the run lands in
+//!   `jepsen/store/<test>/<time>/`.
+//! - `jepsen test-all [--time-limit S]`: one test per nemesis, then a
+//!   summary; the exit status is the worst of them.
+//!
+//! `test` and `test-all` need root, `ip netns`, iptables and BIRD 2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use jepsen::checker::Valid;
+use jepsen::runner::TestOpts;
+use jepsen::runner::faults::ALL;
 
 /// Exit status when the command could not run at all.
 const EXIT_BAD_INPUT: u8 = 3;
@@ -47,6 +57,80 @@ enum Command {
         /// The run directory (holds history.jsonl; node logs under logs/).
         dir: PathBuf,
     },
+    /// Run one test against the real binaries and check it.
+    Test {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Nemeses to mix, comma-separated (default: all of them).
+        #[arg(long, value_delimiter = ',')]
+        nemesis: Vec<String>,
+        /// Seconds of the fault phase.
+        #[arg(long, default_value_t = 60)]
+        time_limit: u64,
+    },
+    /// Run one short test per nemesis, then print a summary.
+    TestAll {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Seconds of each test's fault phase.
+        #[arg(long, default_value_t = 20)]
+        time_limit: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Seed of the schedule's random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Use the binaries in this directory instead of building them
+    /// (witness, witnessctl, fake_carbonio).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Where runs are stored.
+    #[arg(long, default_value_os_t = default_store())]
+    store: PathBuf,
+    /// Seconds of the quiet phase before the faults.
+    #[arg(long, default_value_t = 5)]
+    quiet: u64,
+    /// Seconds of the recover phase after the heal.
+    #[arg(long, default_value_t = 15)]
+    recover: u64,
+}
+
+/// `jepsen/store` of this source tree.
+fn default_store() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("store")
+}
+
+impl RunArgs {
+    fn opts(&self, name: String, nemeses: Vec<String>, time_limit: u64) -> TestOpts {
+        TestOpts {
+            nemeses,
+            time_limit: Duration::from_secs(time_limit),
+            seed: self.seed,
+            store: self.store.clone(),
+            name,
+            quiet: Duration::from_secs(self.quiet),
+            recover: Duration::from_secs(self.recover),
+        }
+    }
+}
+
+/// Run `opts`; print its summary; its validity (unknown when it could not
+/// run at all).
+fn one(opts: &TestOpts) -> Valid {
+    match jepsen::runner::run(opts) {
+        Ok((dir, results)) => {
+            print!("{}", results.summary());
+            println!("results in {}", dir.display());
+            results.valid
+        }
+        Err(e) => {
+            eprintln!("jepsen test {}: {e:#}", opts.name);
+            Valid::Unknown
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -64,6 +148,48 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Test {
+            run,
+            nemesis,
+            time_limit,
+        } => {
+            let Some(nemeses) = chosen(nemesis) else {
+                return ExitCode::from(EXIT_BAD_INPUT);
+            };
+            prepare(&run);
+            let name = if nemeses.len() == ALL.len() {
+                "mix".to_string()
+            } else {
+                nemeses.join("+")
+            };
+            let valid = one(&run.opts(name, nemeses, time_limit));
+            ExitCode::from(jepsen::results::exit_code(valid))
+        }
+        Command::TestAll { run, time_limit } => {
+            prepare(&run);
+            let mut summary = Vec::new();
+            for kind in ALL {
+                if jepsen::runner::interrupted() {
+                    break;
+                }
+                let opts = run.opts(kind.to_string(), vec![kind.to_string()], time_limit);
+                summary.push((kind, one(&opts)));
+            }
+            println!("\ntest-all:");
+            for (kind, v) in &summary {
+                println!("  {:<16} {}", kind, v.name());
+            }
+            let worst = if summary.iter().any(|(_, v)| *v == Valid::False) {
+                Valid::False
+            } else if summary.len() < ALL.len() || summary.iter().any(|(_, v)| *v == Valid::Unknown)
+            {
+                Valid::Unknown
+            } else {
+                Valid::True
+            };
+            println!("valid: {}", worst.name());
+            ExitCode::from(jepsen::results::exit_code(worst))
+        }
         Command::Cleanup => match jepsen::cleanup_orphans() {
             Ok(removed) => {
                 for p in removed {
@@ -91,5 +217,35 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_INPUT)
             }
         },
+    }
+}
+
+/// The nemeses asked for (all when none), or `None` after saying which
+/// name is unknown.
+fn chosen(names: Vec<String>) -> Option<Vec<String>> {
+    if names.is_empty() {
+        return Some(ALL.iter().map(|s| s.to_string()).collect());
+    }
+    for n in &names {
+        if !ALL.contains(&n.as_str()) {
+            eprintln!("jepsen: unknown nemesis {n:?}; known: {}", ALL.join(", "));
+            return None;
+        }
+    }
+    Some(names)
+}
+
+/// Before any thread starts: signals, leftovers of crashed runs, binaries.
+fn prepare(run: &RunArgs) {
+    jepsen::runner::catch_interrupts();
+    if let Ok(removed) = jepsen::cleanup_orphans() {
+        for p in removed {
+            eprintln!("jepsen: removed leftovers of crashed run {p}");
+        }
+    }
+    if let Some(dir) = &run.bin_dir {
+        // Agents' hooks name the binaries by absolute path.
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        jepsen::lab::set_bin_dir(dir);
     }
 }

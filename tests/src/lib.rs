@@ -8,24 +8,22 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 pub mod admin;
-pub mod agents;
-pub mod bgp;
-pub mod lease;
-pub mod netcluster;
+// The namespace deployment lives in the jepsen crate, shared with its
+// runner; re-exported so tests name it as before.
+pub use jepsen::lab::{
+    SETTLE, SiteSpec, TargetSpec, accept_until_stopped, agents, bgp, bin_dir, fake_carbonio_bin,
+    lease, netcluster, site_policy, text, wait_until, witness_bin, witnessctl_bin,
+    worst_case_failover,
+};
 
 /// Raft timers for tests: the production defaults. Tests wait on protocol
 /// bounds derived from these, never on wall-clock performance.
 pub const ELECTION_TIMEOUT_MAX: Duration = witness::config::defaults::ELECTION_TIMEOUT_MAX;
-
-/// Generous bound for anything that needs a few elections on a loaded CI
-/// machine.
-pub const SETTLE: Duration = Duration::from_secs(30);
 
 /// Upper bound for a failover that must happen with the test policies'
 /// timers: detection (3 × 500 ms + 400 ms), two observation commits, the
@@ -44,49 +42,6 @@ pub fn require_tool(program: &str, package: &str) {
         found,
         "{program} is missing: install the `{package}` package (.ci/run does)"
     );
-}
-
-/// Directory with the built `witness` and `witnessctl`, building them first
-/// (once per test process) so tests never run stale binaries.
-pub fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // Tests run from target/<profile>/deps/, benchmark binaries from target/<profile>/.
-        let mut profile_dir = exe.parent().expect("target/<profile>");
-        if profile_dir.file_name().is_some_and(|n| n == "deps") {
-            profile_dir = profile_dir.parent().expect("target/<profile>");
-        }
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "witness",
-            "-p",
-            "witnessctl",
-            "--bins",
-        ])
-        .current_dir(workspace);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building witness and witnessctl failed");
-        profile_dir.to_path_buf()
-    })
-}
-
-pub fn witness_bin() -> PathBuf {
-    bin_dir().join("witness")
-}
-
-pub fn witnessctl_bin() -> PathBuf {
-    bin_dir().join("witnessctl")
 }
 
 /// A loopback port for a server a test will start.
@@ -468,31 +423,6 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-/// Poll `f` every 100 ms until it returns `Some`, or panic after `within`.
-pub fn wait_until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// stdout and stderr of a finished command, for assertion messages.
-pub fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A plain HTTP/1.0 GET on loopback: (status code, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -581,28 +511,6 @@ impl Drop for FakeService {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Accept and drop connections on `listener` on a thread of its own until
-/// the returned flag is set; the listener closes when the thread ends.
-pub fn accept_until_stopped(
-    listener: TcpListener,
-) -> (
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::thread::JoinHandle<()>,
-) {
-    listener.set_nonblocking(true).expect("nonblocking");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((conn, _)) => drop(conn),
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    });
-    (stop, thread)
 }
 
 /// Two sites, each a mailstore and a proxy service on loopback.
@@ -700,76 +608,4 @@ impl Cluster {
             .cloned()
             .unwrap_or_default()
     }
-}
-
-/// One probe target of a test policy.
-#[derive(Clone, Debug)]
-pub struct TargetSpec {
-    pub name: String,
-    pub role: String,
-    /// `host:port` of a TCP target.
-    pub address: String,
-    /// `(consul_service, consul_node)` naming the Consul service instance
-    /// that corroborates it.
-    pub consul: Option<(String, String)>,
-}
-
-/// One site of a test policy.
-#[derive(Clone, Debug)]
-pub struct SiteSpec {
-    pub name: String,
-    pub active: bool,
-    pub targets: Vec<TargetSpec>,
-}
-
-/// A cluster policy with the default lease and probe timers, Consul `mode`,
-/// `extra` TOML (e.g. a `[failover]` table) and `sites` with TCP targets.
-pub fn site_policy(consul_mode: &str, extra: &str, sites: &[SiteSpec]) -> String {
-    let mut s = format!(
-        "[lease]\nrenew_interval = \"400ms\"\nlease_ttl = \"3s\"\nmargin = \"1s\"\n\
-         [consul]\nmode = \"{consul_mode}\"\n"
-    );
-    s.push_str(extra);
-    for site in sites {
-        s.push_str(&format!(
-            "\n[[site]]\nname = \"{}\"\nactive = {}\n",
-            site.name, site.active
-        ));
-        for t in &site.targets {
-            s.push_str(&format!(
-                "[[site.target]]\nname = \"{}\"\nrole = \"{}\"\nkind = \"tcp\"\naddress = \"{}\"\n",
-                t.name, t.role, t.address
-            ));
-            if let Some((service, node)) = &t.consul {
-                s.push_str(&format!(
-                    "consul_service = \"{service}\"\nconsul_node = \"{node}\"\n"
-                ));
-            }
-        }
-    }
-    s
-}
-
-/// The worst-case failover time `witness check-config` prints for `policy`
-/// (with the default Raft timers): election + detection + lease wait +
-/// commits + first directive. Scenario tests hold their "no failover"
-/// windows for a multiple of it, so the windows follow the timers.
-pub fn worst_case_failover(policy: &str) -> Duration {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("cluster.toml");
-    fs::write(&file, policy).expect("write policy");
-    let out = Command::new(witness_bin())
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .expect("run witness check-config");
-    assert!(out.status.success(), "check-config: {}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once("worst-case failover ≈"))
-        .map(|(_, rest)| rest.split(',').next().unwrap_or(rest).trim().to_string())
-        .unwrap_or_else(|| panic!("no worst-case failover line in:\n{stdout}"));
-    humantime::parse_duration(&line)
-        .unwrap_or_else(|e| panic!("unparsable worst-case failover {line:?}: {e}"))
 }

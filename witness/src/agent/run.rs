@@ -560,29 +560,21 @@ impl Agent {
         };
         let env = self.hook_env(kind.name(), epoch);
         tracing::info!(epoch, "running the {} hooks", kind.name());
+        // Activate runs are evidence of acting under a lease: logged when
+        // they start and end (no end when a fence kills them).
+        let log = (kind == HookKind::Activate).then(|| self.log.clone());
         HookJob {
             kind,
             epoch,
             run: Box::pin(async move {
-                for command in &commands {
-                    match hooks::run(command, &env, std::future::pending()).await {
-                        Ok(outcome) if outcome.success() => {}
-                        Ok(outcome) => {
-                            tracing::error!(
-                                "{} hook {:?} {}",
-                                kind.name(),
-                                command.argv,
-                                outcome.summary()
-                            );
-                            return false;
-                        }
-                        Err(e) => {
-                            tracing::error!("{} hook: {e}", kind.name());
-                            return false;
-                        }
-                    }
+                if let Some(log) = &log {
+                    log.run("activate_hook", kind.name(), epoch, None);
                 }
-                true
+                let ok = run_hooks(kind, &commands, &env).await;
+                if let Some(log) = &log {
+                    log.run("activate_hook", kind.name(), epoch, Some(ok));
+                }
+                ok
             }),
         }
     }
@@ -678,6 +670,8 @@ impl Agent {
             );
             return;
         }
+        // Evidence for a checker: every grant accepted, with its send time.
+        self.log.lease(lease.epoch, sent, reply.lease_ttl_ms);
         let lease = match self.lease {
             Some(old) if old.epoch == lease.epoch && old.deadline > lease.deadline => old,
             _ => lease,
@@ -820,6 +814,29 @@ impl Agent {
             tracing::error!("{e}");
         }
     }
+}
+
+/// Run one hook list in order; `false` at the first command that fails.
+async fn run_hooks(kind: HookKind, commands: &[HookCommand], env: &[(String, String)]) -> bool {
+    for command in commands {
+        match hooks::run(command, env, std::future::pending()).await {
+            Ok(outcome) if outcome.success() => {}
+            Ok(outcome) => {
+                tracing::error!(
+                    "{} hook {:?} {}",
+                    kind.name(),
+                    command.argv,
+                    outcome.summary()
+                );
+                return false;
+            }
+            Err(e) => {
+                tracing::error!("{} hook: {e}", kind.name());
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// One renewal round: each witness in turn until one answers, each

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::witness_bin;
+use super::witness_bin;
 
 /// `CLOCK_BOOTTIME` in milliseconds: the clock of the agents' state logs
 /// and of the fake Carbonio's `boottime_ns`, shared by every process here.
@@ -35,24 +35,20 @@ pub fn realtime_ns() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-/// Send `sig` to `pid` (negative: a process group).
-pub fn signal(pid: i64, sig: libc::c_int) {
-    // SAFETY: kill(2) has no memory-safety preconditions; the tests only
-    // signal their own children and those children's process groups.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
+/// Send `sig` (a signal number, e.g. `libc::SIGSTOP`) to `pid` (negative:
+/// a process group). Errors are ignored: the target may have exited.
+pub fn signal(pid: i64, sig: std::ffi::c_int) {
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
     }
 }
 
 /// The process group of `pid` (a command the agent ran leads its own
 /// group; the fake CLI runs under `runuser`, which leads it).
 pub fn pgid_of(pid: u64) -> i64 {
-    // SAFETY: getpgid(2) has no memory-safety preconditions.
-    #[allow(unsafe_code)]
-    let pgid = unsafe { libc::getpgid(pid as libc::pid_t) };
-    assert!(pgid > 0, "process {pid} has no process group (it exited)");
-    i64::from(pgid)
+    let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)))
+        .unwrap_or_else(|e| panic!("process {pid} has no process group (it exited): {e}"));
+    i64::from(pgid.as_raw())
 }
 
 /// One agent to start.
@@ -76,6 +72,11 @@ pub struct AgentSpec {
     pub bgp_config: Option<PathBuf>,
     /// `agent.fence_timeout` (default 1 s, the policy's margin).
     pub fence_timeout: String,
+    /// A file standing for "the fenced services may serve": `activate` and
+    /// `unfence` create it, `fence` (first) and `deactivate` remove it, as
+    /// systemd units bound to the agent would start and stop (the runner's
+    /// fenced services answer only while it exists).
+    pub serve_flag: Option<PathBuf>,
 }
 
 impl AgentSpec {
@@ -89,7 +90,13 @@ impl AgentSpec {
             health_file: None,
             bgp_config: None,
             fence_timeout: "1s".into(),
+            serve_flag: None,
         }
+    }
+
+    pub fn serve_flag(mut self, file: &Path) -> AgentSpec {
+        self.serve_flag = Some(file.to_path_buf());
+        self
     }
 
     pub fn fence_timeout(mut self, timeout: &str) -> AgentSpec {
@@ -182,8 +189,18 @@ impl AgentLab {
         let withdraw = bgp("\"withdraw\"", "6s");
         // The fence must finish within fence_timeout (1 s) with the record.
         let withdraw_now = bgp("\"withdraw\", \"--timeout\", \"350ms\"", "400ms");
+        // Hooks run argv with no PATH search: through the shell, as the
+        // hook log's command does.
+        let flag = |cmd: &str, timeout: &str| {
+            spec.serve_flag.as_ref().map(|f| {
+                format!(
+                    "{{ argv = [\"/bin/sh\", \"-c\", \"exec {cmd} -f {}\"], timeout = \"{timeout}\" }}",
+                    f.display()
+                )
+            })
+        };
         let hooks =
-            |list: [Option<String>; 2]| list.into_iter().flatten().collect::<Vec<_>>().join(", ");
+            |list: [Option<String>; 3]| list.into_iter().flatten().collect::<Vec<_>>().join(", ");
         let witnesses: Vec<String> = witnesses.iter().map(|w| format!("{w:?}")).collect();
         let mut s = format!(
             "[agent]\nname = \"{}\"\nsite = \"{}\"\nrole = \"{}\"\nwitnesses = [{}]\n\
@@ -204,10 +221,20 @@ impl AgentLab {
                 ),
                 None => String::new(),
             },
-            hooks([Some(hook("5s")), announce.clone()]),
-            hooks([withdraw, Some(hook("5s"))]),
-            hooks([withdraw_now, Some(hook("500ms"))]),
-            hooks([Some(hook("5s")), announce]),
+            hooks([Some(hook("5s")), flag("touch", "1s"), announce.clone()]),
+            hooks([flag("rm", "1s"), withdraw, Some(hook("5s"))]),
+            // Within fence_timeout in all: 100 + 400 + 500 ms (400 ms for
+            // the hook log when there is a flag).
+            hooks([
+                flag("rm", "100ms"),
+                withdraw_now,
+                Some(hook(if spec.serve_flag.is_some() {
+                    "400ms"
+                } else {
+                    "500ms"
+                })),
+            ]),
+            hooks([Some(hook("5s")), flag("touch", "1s"), announce]),
             match &spec.watchdog {
                 Some(device) => format!(
                     "mode = \"required\"\ndevice = \"{}\"\ntimeout = \"1s\"",
@@ -243,7 +270,7 @@ impl AgentLab {
 
     /// As [`start`](Self::start), with the command line turned into a
     /// command by `make` (e.g. `ip netns exec HOST …`, so that the agent runs
-    /// on a host of a [`NetCluster`](crate::netcluster::NetCluster)). The
+    /// on a host of a [`NetCluster`](super::netcluster::NetCluster)). The
     /// command must exec the agent in place, so its pid is the agent's.
     pub fn start_via(
         &self,
@@ -450,7 +477,7 @@ impl Drop for FakeWatchdog {
             }
             let _ = fs::OpenOptions::new()
                 .write(true)
-                .custom_flags(libc::O_NONBLOCK)
+                .custom_flags(nix::libc::O_NONBLOCK)
                 .open(&self.path);
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -480,11 +507,11 @@ impl AgentProc {
 
     /// SIGSTOP / SIGCONT.
     pub fn pause(&self) {
-        signal(self.pid(), libc::SIGSTOP);
+        signal(self.pid(), nix::libc::SIGSTOP);
     }
 
     pub fn resume(&self) {
-        signal(self.pid(), libc::SIGCONT);
+        signal(self.pid(), nix::libc::SIGCONT);
     }
 
     /// SIGTERM; whether it exited with success within `within`.
@@ -492,8 +519,8 @@ impl AgentProc {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        signal(i64::from(child.id()), libc::SIGCONT);
-        signal(i64::from(child.id()), libc::SIGTERM);
+        signal(i64::from(child.id()), nix::libc::SIGCONT);
+        signal(i64::from(child.id()), nix::libc::SIGTERM);
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -537,7 +564,9 @@ fn read_states(path: &Path) -> Vec<Value> {
     fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        // Lease and run lines (with an `event` field) are not states.
+        .filter(|v| v.get("event").is_none())
         .collect()
 }
 
@@ -545,7 +574,7 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         if let Some(child) = &self.child {
             // A stopped process must be continued to die promptly.
-            signal(i64::from(child.id()), libc::SIGCONT);
+            signal(i64::from(child.id()), nix::libc::SIGCONT);
         }
         self.kill();
         if std::thread::panicking() {

@@ -4,7 +4,7 @@
 //! each site's services as TCP listeners on hosts of their own, and an
 //! operator host outside every site from which `witnessctl` runs. It is
 //! built with the jepsen library: partitions are iptables rules inside the
-//! hosts' own namespaces ([`jepsen::Nemesis`]), so the machine's own network
+//! hosts' own namespaces ([`crate::Nemesis`]), so the machine's own network
 //! is never touched.
 //!
 //! ```text
@@ -35,11 +35,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use jepsen::{Host, Nemesis, Net, Proc, ProcSpec, Topology};
+use crate::{Host, Nemesis, Net, Proc, ProcSpec, Topology};
 use serde_json::Value;
 
-use crate::lease::{LeaseClient, LeaseSpec};
-use crate::{SETTLE, SiteSpec, TargetSpec, site_policy, text, wait_until, witness_bin};
+use super::lease::{LeaseClient, LeaseSpec};
+use super::{SETTLE, SiteSpec, TargetSpec, site_policy, text, wait_until, witness_bin};
 
 /// gRPC port of every witness (each host has its own port space).
 pub const GRPC_PORT: u16 = 7400;
@@ -72,7 +72,7 @@ const CTL_TIMEOUT: &str = "1s";
 /// Why this machine cannot run namespace scenarios, printed loudly; `true`
 /// means skip.
 pub fn skipped() -> bool {
-    match jepsen::netns::unavailable() {
+    match crate::netns::unavailable() {
         Some(reason) => {
             println!("SKIPPED: {reason}");
             eprintln!("\n*** SKIPPED: {reason} ***\n");
@@ -83,7 +83,7 @@ pub fn skipped() -> bool {
             // is dead), once per process; live runs are never touched.
             static ORPHANS: std::sync::Once = std::sync::Once::new();
             ORPHANS.call_once(|| {
-                jepsen::cleanup_orphans().expect("remove orphaned namespace runs");
+                crate::cleanup_orphans().expect("remove orphaned namespace runs");
             });
             false
         }
@@ -126,10 +126,10 @@ impl HostService {
             return;
         }
         let addr = self.addr;
-        let listener = jepsen::netns::run_in(&self.netns, move || TcpListener::bind(addr))
+        let listener = crate::netns::run_in(&self.netns, move || TcpListener::bind(addr))
             .expect("enter the service's namespace")
             .unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", self.netns));
-        self.running = Some(crate::accept_until_stopped(listener));
+        self.running = Some(super::accept_until_stopped(listener));
     }
 
     pub fn addr(&self) -> SocketAddrV4 {
@@ -169,17 +169,29 @@ impl NetCluster {
 
     /// As [`start`](Self::start), with `more` hosts (name, site) added
     /// after the operator's host, e.g. an upstream router for
-    /// [`BgpLab::start_on`](crate::bgp::BgpLab::start_on).
+    /// [`BgpLab::start_on`](super::bgp::BgpLab::start_on).
     pub fn start_with_hosts(
         tag: &str,
         octet: u8,
         extra: &str,
         more: &[(&str, Option<&str>)],
     ) -> Option<NetCluster> {
+        NetCluster::start_with_policy(tag, octet, more, |c| c.policy_toml("ignore", extra, false))
+    }
+
+    /// As [`start_with_hosts`](Self::start_with_hosts), with the cluster
+    /// policy written by `policy` (e.g. [`policy_toml`](Self::policy_toml)
+    /// edited), once the hosts and services exist.
+    pub fn start_with_policy(
+        tag: &str,
+        octet: u8,
+        more: &[(&str, Option<&str>)],
+        policy: impl FnOnce(&NetCluster) -> String,
+    ) -> Option<NetCluster> {
         if skipped() {
             return None;
         }
-        let prefix = jepsen::run_prefix(tag).expect("valid run tag");
+        let prefix = crate::run_prefix(tag).expect("valid run tag");
         let mut topology = Topology::new(prefix).subnet(Ipv4Addr::new(10, 77, octet, 0));
         for (_, host, site) in WITNESSES {
             topology = topology.host(host, Some(site));
@@ -207,7 +219,7 @@ impl NetCluster {
             c.services
                 .insert(host.to_string(), HostService::start(&ns, addr));
         }
-        c.policy = c.policy_toml("ignore", extra, false);
+        c.policy = policy(&c);
         c.write_configs();
         c.init_and_start();
         c.wait_verdict("dc-a", 1, SETTLE);
@@ -383,6 +395,20 @@ impl NetCluster {
         }
     }
 
+    /// SIGSTOP witness `id` (a stalled VM).
+    pub fn pause(&mut self, id: u64) {
+        if let Some(p) = self.witnesses.get_mut(&id) {
+            p.pause().expect("pause witness");
+        }
+    }
+
+    /// SIGCONT witness `id`.
+    pub fn resume(&mut self, id: u64) {
+        if let Some(p) = self.witnesses.get_mut(&id) {
+            p.resume().expect("resume witness");
+        }
+    }
+
     /// Whether witness `id` runs.
     pub fn is_running(&mut self, id: u64) -> bool {
         self.witnesses
@@ -522,7 +548,7 @@ impl NetCluster {
             .expect("a host of this cluster")
             .to_string();
         LeaseClient::start_with(spec, |body| {
-            jepsen::netns::spawn_in(&ns, "lease-client", move |entered| {
+            crate::netns::spawn_in(&ns, "lease-client", move |entered| {
                 body(entered.map_err(|e| e.to_string()))
             })
             .map_err(std::io::Error::other)
@@ -558,7 +584,7 @@ impl Drop for NetCluster {
 }
 
 fn witnessctl_path() -> OsString {
-    crate::witnessctl_bin().into_os_string()
+    super::witnessctl_bin().into_os_string()
 }
 
 fn json(out: &Output) -> Option<Value> {

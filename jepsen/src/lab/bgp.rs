@@ -9,7 +9,7 @@
 //! b-proxy   dc-b   .3                          bird (bird-proxy.conf),  AS 65002
 //! ```
 //!
-//! The hosts come from the jepsen library ([`jepsen::Topology`]): every
+//! The hosts come from the jepsen library ([`crate::Topology`]): every
 //! address, route and BGP session exists only inside the test's own
 //! namespaces. The templates are used as shipped, with only their
 //! site-specific `define`s, the log target and the include path replaced;
@@ -33,10 +33,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use jepsen::{Host, Net, Proc, ProcSpec, Topology};
+use crate::{Host, Net, Proc, ProcSpec, Topology};
 use witness::bgp::{Reply, Route, parse_routes};
 
-use crate::{text, witness_bin};
+use super::{text, witness_bin};
 
 /// The service VIP the proxies announce.
 pub const VIP: &str = "192.0.2.10/32";
@@ -81,7 +81,7 @@ fn bird_missing() -> Option<String> {
 /// Whether this machine cannot run the lab (not root, no `ip netns`, no
 /// BIRD 2), after saying why, loudly; `true` means skip.
 pub fn skipped() -> bool {
-    if crate::netcluster::skipped() {
+    if super::netcluster::skipped() {
         return true;
     }
     match bird_missing() {
@@ -150,7 +150,7 @@ impl BgpLab {
         if skipped() {
             return None;
         }
-        let prefix = jepsen::run_prefix(tag).expect("valid run tag");
+        let prefix = crate::run_prefix(tag).expect("valid run tag");
         let mut topology = Topology::new(prefix)
             .subnet(Ipv4Addr::new(10, 77, octet, 0))
             .host(ROUTER, None);
@@ -165,7 +165,7 @@ impl BgpLab {
 
     /// The same BIRDs on the hosts `router`, `a-proxy` and `b-proxy` of
     /// `net`, which someone else made (e.g. a
-    /// [`NetCluster`](crate::netcluster::NetCluster) started with a router
+    /// [`NetCluster`](super::netcluster::NetCluster) started with a router
     /// host) and keeps until this lab is dropped. The caller has checked
     /// [`skipped`].
     pub fn start_on(net: &Net) -> BgpLab {
@@ -201,7 +201,7 @@ impl BgpLab {
     /// `argv` inside `host`'s namespace.
     fn exec<S: AsRef<std::ffi::OsStr>>(&self, host: &str, argv: &[S]) -> Command {
         let (ns, _) = self.hosts.get(host).expect("a lab host");
-        jepsen::netns::exec(ns, argv)
+        crate::netns::exec(ns, argv)
     }
 
     fn hosts(&self) -> Vec<String> {
@@ -325,7 +325,7 @@ impl BgpLab {
     pub fn birdc(&self, host: &str, args: &[&str]) -> Reply {
         let mut cmd = Command::new("birdc");
         cmd.arg("-v").arg("-s").arg(self.socket(host)).args(args);
-        let done = jepsen::cmd::run_unchecked(cmd, None, CALL_TIMEOUT).expect("run birdc");
+        let done = crate::cmd::run_unchecked(cmd, None, CALL_TIMEOUT).expect("run birdc");
         Reply::parse(&String::from_utf8_lossy(&done.output.stdout))
     }
 
@@ -395,7 +395,7 @@ impl BgpLab {
         if let Some(e) = epoch {
             cmd.env("WITNESS_EPOCH", e.to_string());
         }
-        let done = jepsen::cmd::run_unchecked(cmd, None, CALL_TIMEOUT).expect("run witness bgp");
+        let done = crate::cmd::run_unchecked(cmd, None, CALL_TIMEOUT).expect("run witness bgp");
         done.output
     }
 
@@ -408,6 +408,33 @@ impl BgpLab {
             .expect("a bird")
             .pause()
             .expect("pause bird");
+    }
+
+    /// Kill `host`'s BIRD (its machine died): its BGP session closes, so
+    /// the router drops its routes at once.
+    pub fn kill(&mut self, host: &str) {
+        self.birds
+            .get_mut(host)
+            .expect("a bird")
+            .kill()
+            .expect("kill bird");
+    }
+
+    /// Start a killed BIRD again as its machine's boot would: the include
+    /// file withdrawn first (`ExecStartPre`), so it announces nothing until
+    /// its agent holds a lease again.
+    pub fn restart(&mut self, host: &str) {
+        let out = self.bgp(host, &["withdraw", "--no-reconfigure"], None);
+        assert!(
+            out.status.success(),
+            "withdraw before start: {}",
+            text(&out)
+        );
+        self.birds
+            .get_mut(host)
+            .expect("a bird")
+            .restart()
+            .expect("restart bird");
     }
 
     /// Let a paused BIRD run again.
@@ -423,7 +450,7 @@ impl BgpLab {
     /// BIRD's kernel protocol installed it.
     pub fn router_kernel_route(&self) -> String {
         let cmd = self.exec(ROUTER, &["ip", "route", "show", VIP]);
-        let out = jepsen::cmd::run(cmd, None, CALL_TIMEOUT).expect("run ip route");
+        let out = crate::cmd::run(cmd, None, CALL_TIMEOUT).expect("run ip route");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
