@@ -23,7 +23,12 @@
 //! - `jepsen test-all [--time-limit S]`: one test per nemesis, then a
 //!   summary; the exit status is the worst of them.
 //!
-//! `test` and `test-all` need root, `ip netns`, iptables and BIRD 2.
+//! - `jepsen check-checkers [--time-limit S]`: the runs that must be judged
+//!   invalid — sabotaged builds and a clock beyond `max_drift`
+//!   ([`jepsen::runner::expected`]); exit 0 only if every one was.
+//!
+//! `test`, `test-all` and `check-checkers` need root, `ip netns`, iptables
+//! and BIRD 2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +37,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use jepsen::checker::Valid;
 use jepsen::runner::TestOpts;
-use jepsen::runner::faults::ALL;
+use jepsen::runner::faults::{ALL, EXPECTED_FAILURES};
 
 /// Exit status when the command could not run at all.
 const EXIT_BAD_INPUT: u8 = 3;
@@ -68,13 +73,28 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         time_limit: u64,
     },
-    /// Run one short test per nemesis, then print a summary.
+    /// Run the experiments that must be judged invalid (sabotaged builds,
+    /// a clock beyond max_drift); exit 0 only if every one was.
+    CheckCheckers {
+        /// Where runs are stored.
+        #[arg(long, default_value_os_t = default_store())]
+        store: PathBuf,
+        /// Seconds of each run's fault phase.
+        #[arg(long, default_value_t = 20)]
+        time_limit: u64,
+    },
+    /// Run every nemesis in short tests (one test per nemesis, or per
+    /// `--group` of them), then print a summary.
     TestAll {
         #[command(flatten)]
         run: RunArgs,
-        /// Seconds of each test's fault phase.
+        /// Seconds of each test's fault phase (longer if needed for each of
+        /// its nemeses to run once).
         #[arg(long, default_value_t = 20)]
         time_limit: u64,
+        /// Nemeses per test, in `jepsen test --nemesis` order.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        group: u64,
     },
 }
 
@@ -165,23 +185,33 @@ fn main() -> ExitCode {
             let valid = one(&run.opts(name, nemeses, time_limit));
             ExitCode::from(jepsen::results::exit_code(valid))
         }
-        Command::TestAll { run, time_limit } => {
+        Command::TestAll {
+            run,
+            time_limit,
+            group,
+        } => {
             prepare(&run);
+            let groups: Vec<Vec<String>> = ALL
+                .chunks(group as usize)
+                .map(|g| g.iter().map(|s| s.to_string()).collect())
+                .collect();
             let mut summary = Vec::new();
-            for kind in ALL {
+            for nemeses in &groups {
                 if jepsen::runner::interrupted() {
                     break;
                 }
-                let opts = run.opts(kind.to_string(), vec![kind.to_string()], time_limit);
-                summary.push((kind, one(&opts)));
+                let name = nemeses.join("+");
+                let opts = run.opts(name.clone(), nemeses.clone(), time_limit);
+                summary.push((name, one(&opts)));
             }
             println!("\ntest-all:");
-            for (kind, v) in &summary {
-                println!("  {:<16} {}", kind, v.name());
+            for (name, v) in &summary {
+                println!("  {:<40} {}", name, v.name());
             }
             let worst = if summary.iter().any(|(_, v)| *v == Valid::False) {
                 Valid::False
-            } else if summary.len() < ALL.len() || summary.iter().any(|(_, v)| *v == Valid::Unknown)
+            } else if summary.len() < groups.len()
+                || summary.iter().any(|(_, v)| *v == Valid::Unknown)
             {
                 Valid::Unknown
             } else {
@@ -190,6 +220,7 @@ fn main() -> ExitCode {
             println!("valid: {}", worst.name());
             ExitCode::from(jepsen::results::exit_code(worst))
         }
+        Command::CheckCheckers { store, time_limit } => check_checkers(&store, time_limit),
         Command::Cleanup => match jepsen::cleanup_orphans() {
             Ok(removed) => {
                 for p in removed {
@@ -227,8 +258,13 @@ fn chosen(names: Vec<String>) -> Option<Vec<String>> {
         return Some(ALL.iter().map(|s| s.to_string()).collect());
     }
     for n in &names {
-        if !ALL.contains(&n.as_str()) {
-            eprintln!("jepsen: unknown nemesis {n:?}; known: {}", ALL.join(", "));
+        if !ALL.contains(&n.as_str()) && !EXPECTED_FAILURES.contains(&n.as_str()) {
+            eprintln!(
+                "jepsen: unknown nemesis {n:?}; known: {}, and the experiment {} (expected to \
+                 be invalid)",
+                ALL.join(", "),
+                EXPECTED_FAILURES.join(", ")
+            );
             return None;
         }
     }
@@ -247,5 +283,65 @@ fn prepare(run: &RunArgs) {
         // Agents' hooks name the binaries by absolute path.
         let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
         jepsen::lab::set_bin_dir(dir);
+    }
+}
+
+/// `check-checkers`: each experiment in a child `jepsen test`, which must
+/// exit 1 (invalid).
+fn check_checkers(store: &std::path::Path, time_limit: u64) -> ExitCode {
+    use jepsen::runner::expected::{EXPERIMENTS, build_sabotaged};
+    let bins = jepsen::lab::bin_dir();
+    let sabotaged = match build_sabotaged(bins) {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("jepsen check-checkers: building the sabotaged witness: {e:#}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let exe = std::env::current_exe().expect("this executable");
+    let mut missed = Vec::new();
+    for x in EXPERIMENTS {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["test", "--nemesis", x.nemesis])
+            .args(["--time-limit", &time_limit.to_string()])
+            .args(["--seed", &x.seed.to_string()])
+            .arg("--store")
+            .arg(store.join("check-checkers").join(x.name))
+            .arg("--bin-dir")
+            .arg(if x.sabotage.is_some() {
+                &sabotaged
+            } else {
+                bins
+            });
+        match x.sabotage {
+            Some(s) => cmd.env("WITNESS_SABOTAGE", s),
+            None => cmd.env_remove("WITNESS_SABOTAGE"),
+        };
+        eprintln!(
+            "jepsen check-checkers: {} ({}), nemesis {}: must be invalid",
+            x.name,
+            x.sabotage.map_or("the real binaries".into(), |s| format!(
+                "WITNESS_SABOTAGE={s}"
+            )),
+            x.nemesis
+        );
+        let code = cmd.status().ok().and_then(|s| s.code());
+        let verdict = match code {
+            Some(1) => "caught (invalid)",
+            Some(0) => "MISSED: judged valid",
+            Some(2) => "MISSED: judged unknown",
+            _ => "MISSED: the run failed",
+        };
+        println!("  {:<28} {verdict}", x.name);
+        if code != Some(1) {
+            missed.push(x.name);
+        }
+    }
+    if missed.is_empty() {
+        println!("check-checkers: every experiment was judged invalid");
+        ExitCode::SUCCESS
+    } else {
+        println!("check-checkers: not caught: {}", missed.join(", "));
+        ExitCode::FAILURE
     }
 }

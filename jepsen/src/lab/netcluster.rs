@@ -155,6 +155,8 @@ pub struct NetCluster {
     pub dir: tempfile::TempDir,
     /// The committed policy's text.
     pub policy: String,
+    /// Extra environment of each witness process (e.g. a skewed clock's).
+    env: BTreeMap<u64, Vec<(&'static str, String)>>,
 }
 
 impl NetCluster {
@@ -188,6 +190,19 @@ impl NetCluster {
         more: &[(&str, Option<&str>)],
         policy: impl FnOnce(&NetCluster) -> String,
     ) -> Option<NetCluster> {
+        NetCluster::start_with_env(tag, octet, more, policy, BTreeMap::new())
+    }
+
+    /// As [`start_with_policy`](Self::start_with_policy), with extra
+    /// environment variables for witness `id`'s process (kept across its
+    /// restarts), e.g. a [`SkewedClock`](crate::SkewedClock)'s.
+    pub fn start_with_env(
+        tag: &str,
+        octet: u8,
+        more: &[(&str, Option<&str>)],
+        policy: impl FnOnce(&NetCluster) -> String,
+        env: BTreeMap<u64, Vec<(&'static str, String)>>,
+    ) -> Option<NetCluster> {
         if skipped() {
             return None;
         }
@@ -211,6 +226,7 @@ impl NetCluster {
             net,
             dir: tempfile::tempdir().expect("temp dir"),
             policy: String::new(),
+            env,
         };
         for (host, _, _, port) in SERVICES {
             let h = Host::from(host);
@@ -308,6 +324,12 @@ impl NetCluster {
             )
             .env("WITNESS_LOG", "info,openraft=warn")
             .log(self.log_path(id));
+            let spec = self
+                .env
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .fold(spec, |spec, (k, v)| spec.env(*k, v.clone()));
             let p = Proc::spawn(&self.net, spec).expect("start witness in its namespace");
             self.witnesses.insert(id, p);
         }

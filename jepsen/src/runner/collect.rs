@@ -36,13 +36,21 @@ fn num(v: &Value) -> Option<f64> {
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
-/// Events from one agent's serving log.
-pub fn serving_log(path: &Path, agent: &str, site: &str, role: &str) -> Vec<Event> {
+/// Events from one agent's serving log; `real` maps a time the agent
+/// logged on its own clock to the kernel's (the identity unless its clock
+/// was skewed).
+pub fn serving_log(
+    path: &Path,
+    agent: &str,
+    site: &str,
+    role: &str,
+    real: &dyn Fn(f64) -> f64,
+) -> Vec<Event> {
     let mut out = Vec::new();
     // (name, epoch) -> the open start.
     let mut open: BTreeMap<(String, u64), usize> = BTreeMap::new();
     for v in lines(path) {
-        let Some(t_ms) = num(&v["boottime_ms"]) else {
+        let Some(t_ms) = num(&v["boottime_ms"]).map(real) else {
             continue;
         };
         let epoch = v["epoch"].as_u64().unwrap_or(0);
@@ -76,7 +84,7 @@ pub fn serving_log(path: &Path, agent: &str, site: &str, role: &str) -> Vec<Even
                     agent: agent.into(),
                     site: site.into(),
                     epoch,
-                    sent_t_ms: sent,
+                    sent_t_ms: real(sent),
                     ttl_ms: ttl,
                 }));
             }
@@ -269,7 +277,7 @@ mod tests {
             ),
         )
         .expect("write");
-        let mut events = serving_log(&state, "mbox-a", "dc-a", "mailstore");
+        let mut events = serving_log(&state, "mbox-a", "dc-a", "mailstore", &|t| t);
         events.extend(carbonio_log(&carbonio, "mbox-b", "dc-b", &BTreeMap::new()));
         assert_eq!(events.len(), 6, "{events:#?}");
         let Event::Lease(l) = &events[1] else {

@@ -18,6 +18,18 @@
 //!
 //! Consul: `mode = "ignore"` (no Consul stand-in in the namespaces yet).
 //!
+//! Clocks: a process named in the deployment's rates (a witness by its
+//! host, an agent by its name) runs on a [`SkewedClock`] at that rate from
+//! its first start, restarts included; its jumps are the `clock`
+//! nemesis's. An agent's logged times are mapped back to the kernel's
+//! clock ([`Deployment::real_boot_ms`]) before they enter the history.
+//!
+//! Replication: each mailstore's fake Carbonio CLI answers
+//! `getAccountStatus` with an account of the other site whose replica on
+//! this mailstore has caught up, so a move back to the home site passes
+//! its `preflight` and runs its `promote`, as on a healthy Active Replica
+//! pair.
+//!
 //! Fields drop in order: agents (killed and reaped), fenced services,
 //! watchdogs, BIRDs, the agents' files, then the cluster (witnesses,
 //! faults healed, namespaces removed).
@@ -28,10 +40,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::service::{FencedService, SERVE_PORT};
-use crate::Host;
 use crate::lab::agents::{AgentLab, AgentProc, AgentSpec, FakeWatchdog};
 use crate::lab::bgp::{BgpLab, ROUTER};
 use crate::lab::netcluster::NetCluster;
+use crate::{Host, SkewedClock};
 
 /// The agents: (name, host, site, role, witness ids in the order tried).
 pub const AGENTS: [(&str, &str, &str, &str, [u64; 3]); 4] = [
@@ -66,9 +78,13 @@ pub struct Deployment {
     pub deaths: Vec<(String, String, String, u64, f64)>,
     /// Proxy hosts whose BIRD died with their site.
     dead_birds: std::collections::BTreeSet<String>,
+    /// Skewed clocks by process (witness host or agent name).
+    pub clocks: BTreeMap<String, SkewedClock>,
     pub bgp: BgpLab,
     pub lab: AgentLab,
     pub cluster: NetCluster,
+    /// The clocks' control files.
+    _clock_dir: tempfile::TempDir,
 }
 
 impl Deployment {
@@ -76,28 +92,52 @@ impl Deployment {
     /// wait until dc-a is active at epoch 1, both BGP sessions are up, and
     /// dc-a's proxy announces. `None` when namespaces or BIRD are missing
     /// (after a loud SKIPPED).
-    pub fn start(tag: &str, octet: u8) -> Option<Deployment> {
+    ///
+    /// `rates`: processes (witness host or agent name) to run on a skewed
+    /// clock, and its rate.
+    pub fn start(tag: &str, octet: u8, rates: &BTreeMap<String, f64>) -> Option<Deployment> {
         if crate::lab::bgp::skipped() {
             return None;
         }
-        let cluster = NetCluster::start_with_policy(tag, octet, &[(ROUTER, None)], |c| {
-            // Each site names its mail host, so an Activate carries the
-            // promotion of the lost site's accounts (the mailstore agents'
-            // `[carbonio] mail_host` is `mbox.<site>.test`).
-            let mut p = c.policy_toml("ignore", EXTRA_POLICY, false);
-            for site in ["dc-a", "dc-b"] {
-                for active in ["true", "false"] {
-                    p = p.replace(
-                        &format!("name = \"{site}\"\nactive = {active}\n"),
-                        &format!(
-                            "name = \"{site}\"\nactive = {active}\n\
-                             mail_hosts = [\"mbox.{site}.test\"]\n"
-                        ),
-                    );
+        let clock_dir = tempfile::tempdir().expect("temp dir");
+        let mut clocks = BTreeMap::new();
+        for (name, rate) in rates {
+            let file = clock_dir.path().join(format!("{name}.faketime"));
+            match SkewedClock::new(&file, *rate) {
+                Ok(c) => {
+                    clocks.insert(name.clone(), c);
                 }
+                Err(e) => panic!("the clock of {name}: {e}"),
             }
-            p
-        })?;
+        }
+        let witness_env = crate::lab::netcluster::WITNESSES
+            .iter()
+            .filter_map(|(id, host, _)| clocks.get(*host).map(|c: &SkewedClock| (*id, c.env())))
+            .collect();
+        let cluster = NetCluster::start_with_env(
+            tag,
+            octet,
+            &[(ROUTER, None)],
+            |c| {
+                // Each site names its mail host, so an Activate carries the
+                // promotion of the lost site's accounts (the mailstore agents'
+                // `[carbonio] mail_host` is `mbox.<site>.test`).
+                let mut p = c.policy_toml("ignore", EXTRA_POLICY, false);
+                for site in ["dc-a", "dc-b"] {
+                    for active in ["true", "false"] {
+                        p = p.replace(
+                            &format!("name = \"{site}\"\nactive = {active}\n"),
+                            &format!(
+                                "name = \"{site}\"\nactive = {active}\n\
+                             mail_hosts = [\"mbox.{site}.test\"]\n"
+                            ),
+                        );
+                    }
+                }
+                p
+            },
+            witness_env,
+        )?;
         let bgp = BgpLab::start_on(&cluster.net);
         let lab = AgentLab::new(&crate::lab::fake_carbonio_bin().display().to_string());
         let mut d = Deployment {
@@ -106,9 +146,11 @@ impl Deployment {
             watchdogs: BTreeMap::new(),
             deaths: Vec::new(),
             dead_birds: Default::default(),
+            clocks,
             bgp,
             lab,
             cluster,
+            _clock_dir: clock_dir,
         };
         for (name, host, site, role, order) in AGENTS {
             let watchdog = Arc::new(FakeWatchdog::new(&d.lab.path(&format!("{name}.watchdog"))));
@@ -130,6 +172,16 @@ impl Deployment {
                 );
             if role == "proxy" {
                 spec = spec.bgp(&d.bgp.bgp_toml(host));
+            } else {
+                let status = d.lab.path(&format!("{name}.account-status.json"));
+                std::fs::write(&status, caught_up_status(site, &peer_site(site)))
+                    .expect("write the account status");
+                spec = spec.env("FAKE_CARBONIO_STATUS_FILE", &status.display().to_string());
+            }
+            if let Some(c) = d.clocks.get(name) {
+                for (k, v) in c.env() {
+                    spec = spec.env(k, &v);
+                }
             }
             d.watchdogs.insert(name.to_string(), watchdog);
             d.services.insert(host.to_string(), svc);
@@ -155,6 +207,9 @@ impl Deployment {
             Some(slot) if slot.proc.is_none() => self.cluster.endpoints(&slot.order),
             _ => return,
         };
+        if let Some(c) = self.clocks.get_mut(name) {
+            c.started();
+        }
         let net = &self.cluster.net;
         let lab = &self.lab;
         if let Some(slot) = self.agents.get_mut(name) {
@@ -237,6 +292,15 @@ impl Deployment {
         }
     }
 
+    /// The kernel's `CLOCK_BOOTTIME` (ms) of a time process `name` logged
+    /// on its own clock: the same value unless its clock is skewed.
+    pub fn real_boot_ms(&self, name: &str, logged_ms: f64, unix_minus_boot_ms: f64) -> f64 {
+        self.clocks
+            .get(name)
+            .and_then(|c| c.real_boot_ms(logged_ms, unix_minus_boot_ms))
+            .unwrap_or(logged_ms)
+    }
+
     /// Every agent's files: (name, site, role, serving log, carbonio log,
     /// stderr log).
     pub fn agent_files(&self) -> Vec<(String, String, String, PathBuf, PathBuf, PathBuf)> {
@@ -254,4 +318,34 @@ impl Deployment {
             })
             .collect()
     }
+}
+
+/// The other data site.
+fn peer_site(site: &str) -> String {
+    if site == "dc-a" { "dc-b" } else { "dc-a" }.to_string()
+}
+
+/// `carbonio --json ha getAccountStatus` as a healthy Active Replica pair
+/// answers it on `site`'s mailstore: an account of `peer`'s mail host,
+/// replication running, its replica on this mailstore at the source's
+/// sequence and item.
+fn caught_up_status(site: &str, peer: &str) -> String {
+    serde_json::json!({
+        "response": {
+            "values": [{
+                "accountName": format!("user1@{peer}.test"),
+                "mailHost": format!("mbox.{peer}.test"),
+                "paused": false,
+                "sequence": 1200,
+                "itemId": 345,
+                "replicas": [{
+                    "destination": format!("mbox.{site}.test"),
+                    "available": true,
+                    "sequence": 1200,
+                    "itemId": 345,
+                }],
+            }],
+        },
+    })
+    .to_string()
 }

@@ -3,7 +3,8 @@
 //!
 //! | name | fault |
 //! | --- | --- |
-//! | `partition-site` | one data site (witness, services, agents) cut off from everyone else |
+//! | `partition-site` | one data site (witness, services, agents) cut off from everyone else; the active one 70 % of the time |
+//! | `leader-with-site` | the Raft leader and the active site's mail hosts cut off together from everyone else: its agents still reach the old leader, which can no longer lead |
 //! | `bridge` | dc-a and dc-b cut from each other; dc-c, the router and ops see both |
 //! | `isolate-witness` | one random witness cut off from every host |
 //! | `isolate-leader` | the Raft leader cut off from every host |
@@ -17,9 +18,33 @@
 //! | `latency` | 80 ms ± 40 ms added to every witness-to-witness connection, both ways |
 //! | `site-death` | the active site's machines die (health services, fenced services, agents); revived at the end |
 //! | `flapping` | the bridge partition switched on and off every 0.5–1.5 s |
+//! | `clock` | a forward jump of 0.5–3 s of every clock of one agent, or of one witness that is not the leader; on top, for the whole run, every witness's clock runs fast and every agent's slow, by up to 0.8 × `max_drift` |
+//! | `clock-beyond` | **expected to fail**: the agents of dc-a run at half speed (50 × `max_drift`) for the whole run; the fault cuts off the active site |
 //!
-//! Clock faults and a lying Consul are not among them yet.
+//! # Clocks
+//!
+//! Drift is a property of a process for its life (libfaketime fixes the
+//! rate at start, [`crate::nemesis::clock`]), so a run with `clock` among
+//! its nemeses starts every witness and agent on a skewed clock
+//! ([`clock_rates`]): witnesses fast and agents slow, the orientation
+//! DESIGN.md §3.4 names as the worst (the agent believes its lease lasts
+//! longer, the leader's wait ends sooner), each by a seeded amount up to
+//! 0.8 × `max_drift`. The fault itself is a forward jump:
+//!
+//! - of an agent: to the agent, time it did not see pass — a stall. It
+//!   must treat its lease as spent, as after any stall (§3.4).
+//! - of a witness that every witness agrees is a follower: its timers fire
+//!   early (an election, perhaps); no lease wait is running on it, and
+//!   any wait it runs as a later leader starts after the jump.
+//!
+//! The leader's clock is never jumped: a forward step of a leader's
+//! monotonic clock during its lease wait is a drift beyond any bound, the
+//! assumption (d) of DESIGN.md that `clock-beyond` shows matters.
+//! `clock-beyond` is not part of the mix nor of `test-all`: it is run by
+//! name, and a valid result would mean the checkers miss a real split
+//! brain.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::Rng;
@@ -31,8 +56,9 @@ use crate::lab::netcluster::{GRPC_PORT, NetCluster};
 use crate::nemesis::Latency;
 
 /// Every nemesis, in `test-all` order.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 16] = [
     "partition-site",
+    "leader-with-site",
     "bridge",
     "isolate-witness",
     "isolate-leader",
@@ -46,7 +72,45 @@ pub const ALL: [&str; 14] = [
     "latency",
     "site-death",
     "flapping",
+    "clock",
 ];
+
+/// The experiment beyond the protocol's assumptions, run only by name.
+pub const EXPECTED_FAILURES: [&str; 1] = ["clock-beyond"];
+
+/// The lab policy's `max_drift`.
+const MAX_DRIFT: f64 = super::MAX_DRIFT;
+
+/// The rate of each process that runs on a skewed clock, for a run with
+/// `nemeses`: see the module doc.
+pub fn clock_rates(nemeses: &[String], rng: &mut StdRng) -> BTreeMap<String, f64> {
+    let mut rates = BTreeMap::new();
+    if nemeses.iter().any(|n| n == "clock") {
+        for (_, host, _) in crate::lab::netcluster::WITNESSES {
+            rates.insert(
+                host.to_string(),
+                1.0 + MAX_DRIFT * 0.8 * rng.random_range(0.0..1.0),
+            );
+        }
+        for (name, ..) in AGENTS {
+            rates.insert(
+                name.to_string(),
+                1.0 - MAX_DRIFT * 0.8 * rng.random_range(0.0..1.0),
+            );
+        }
+    }
+    if nemeses.iter().any(|n| n == "clock-beyond") {
+        for (name, _, site, ..) in AGENTS {
+            if site == "dc-a" {
+                rates.insert(name.to_string(), BEYOND_RATE);
+            }
+        }
+    }
+    rates
+}
+
+/// `clock-beyond`'s rate for dc-a's agents.
+const BEYOND_RATE: f64 = 0.5;
 
 /// A fault in force, with what its end must undo.
 pub enum Active {
@@ -56,6 +120,8 @@ pub enum Active {
     Paused(Vec<u64>),
     PausedAgent(String),
     SiteDeath(String),
+    /// A clock jump: nothing to undo (clocks only go forward).
+    Clock,
     /// The bridge partition, toggled while held; `on` says whether it is
     /// in force now.
     Flapping {
@@ -85,12 +151,107 @@ pub fn active_site(d: &Deployment) -> Option<String> {
         .and_then(|s| s["active_site"].as_str().map(str::to_string))
 }
 
+/// The other data site.
+fn other_site(site: &str) -> String {
+    if site == "dc-a" { "dc-b" } else { "dc-a" }.to_string()
+}
+
 fn witness_name(id: u64) -> String {
     NetCluster::host(id).as_str().to_string()
 }
 
-/// Start fault `kind`: its targets (for the history) and what to undo.
+/// The leader every witness names, when they all answer and agree.
+fn agreed_leader(d: &Deployment) -> Option<u64> {
+    let mut leader = None;
+    for id in 1..=3 {
+        let s = d.cluster.local_status(id)?;
+        let named = s["leader_id"].as_u64().filter(|l| *l != 0)?;
+        if leader.is_some_and(|l| l != named) {
+            return None;
+        }
+        leader = Some(named);
+    }
+    leader
+}
+
+/// Cut `site` off from every other host.
+fn partition_site(d: &mut Deployment, site: &str) -> crate::Result<()> {
+    let inside = d.cluster.site(site);
+    let rest: Vec<Host> = d
+        .cluster
+        .net
+        .hosts()
+        .into_iter()
+        .filter(|h| !inside.contains(h))
+        .collect();
+    d.cluster.nemesis.partition(vec![inside, rest])
+}
+
+/// Start fault `kind`: its targets (for the history), a detail, and what to
+/// undo.
 pub fn start(
+    kind: &str,
+    d: &mut Deployment,
+    rng: &mut StdRng,
+) -> crate::Result<(Vec<String>, Option<String>, Active)> {
+    if kind == "clock" {
+        return jump_a_clock(d, rng);
+    }
+    if kind == "clock-beyond" {
+        let site = active_site(d).unwrap_or_else(|| "dc-a".into());
+        partition_site(d, &site)?;
+        let slow: Vec<String> = d
+            .clocks
+            .iter()
+            .filter(|(_, c)| c.rate() < 1.0 - MAX_DRIFT)
+            .map(|(n, c)| format!("{n} at {}×", c.rate()))
+            .collect();
+        let detail = format!(
+            "{site} cut off; clocks beyond max_drift {MAX_DRIFT}: {}",
+            slow.join(", ")
+        );
+        return Ok((vec![site], Some(detail), Active::Net));
+    }
+    start_other(kind, d, rng).map(|(t, a)| (t, None, a))
+}
+
+/// The `clock` fault: jump one agent's clocks, or one follower witness's.
+fn jump_a_clock(
+    d: &mut Deployment,
+    rng: &mut StdRng,
+) -> crate::Result<(Vec<String>, Option<String>, Active)> {
+    let mut candidates: Vec<String> = AGENTS
+        .iter()
+        .map(|a| a.0)
+        .filter(|n| d.agents.get(*n).is_some_and(|slot| slot.proc.is_some()))
+        .map(str::to_string)
+        .collect();
+    if let Some(l) = agreed_leader(d) {
+        candidates.extend((1..=3).filter(|id| *id != l).map(witness_name));
+    }
+    candidates.retain(|n| d.clocks.contains_key(n));
+    if candidates.is_empty() {
+        return Err(crate::Error::InvalidSpec(
+            "the clock nemesis needs processes on skewed clocks (the run starts them when \
+             `clock` is among its nemeses)"
+                .into(),
+        ));
+    }
+    let name = candidates[rng.random_range(0..candidates.len())].clone();
+    let by = Duration::from_millis(rng.random_range(500..3_000));
+    let clock = d.clocks.get_mut(&name).expect("a candidate has a clock");
+    clock.jump(by)?;
+    let detail = format!(
+        "{name}'s clocks jumped {:.3} s forward (rate {:.4}×, {:.3} s ahead in all)",
+        by.as_secs_f64(),
+        clock.rate(),
+        clock.offset().as_secs_f64()
+    );
+    Ok((vec![name], Some(detail), Active::Clock))
+}
+
+/// Start one of the other faults.
+fn start_other(
     kind: &str,
     d: &mut Deployment,
     rng: &mut StdRng,
@@ -98,8 +259,24 @@ pub fn start(
     let hosts = |site: &str, d: &Deployment| d.cluster.site(site);
     Ok(match kind {
         "partition-site" => {
-            let site = if rng.random_bool(0.5) { "dc-a" } else { "dc-b" };
-            let inside = hosts(site, d);
+            let active = active_site(d).unwrap_or_else(|| "dc-a".into());
+            let site = if rng.random_bool(0.7) {
+                active
+            } else {
+                other_site(&active)
+            };
+            partition_site(d, &site)?;
+            (vec![site], Active::Net)
+        }
+        "leader-with-site" => {
+            let l = leader(d, rng);
+            let site = active_site(d).unwrap_or_else(|| "dc-a".into());
+            let mut inside: Vec<Host> = AGENTS
+                .iter()
+                .filter(|a| a.2 == site)
+                .map(|a| Host::from(a.1))
+                .collect();
+            inside.push(NetCluster::host(l));
             let rest: Vec<Host> = d
                 .cluster
                 .net
@@ -108,7 +285,7 @@ pub fn start(
                 .filter(|h| !inside.contains(h))
                 .collect();
             d.cluster.nemesis.partition(vec![inside, rest])?;
-            (vec![site.to_string()], Active::Net)
+            (vec![witness_name(l), site], Active::Net)
         }
         "bridge" => {
             let groups = vec![hosts("dc-a", d), hosts("dc-b", d)];
@@ -194,10 +371,8 @@ pub fn start(
             let active = active_site(d).unwrap_or_else(|| "dc-a".into());
             let site = if rng.random_bool(0.8) {
                 active
-            } else if active == "dc-a" {
-                "dc-b".to_string()
             } else {
-                "dc-a".to_string()
+                other_site(&active)
             };
             d.kill_site(&site);
             (vec![site.clone()], Active::SiteDeath(site))
@@ -212,8 +387,9 @@ pub fn start(
         }
         other => {
             return Err(crate::Error::InvalidSpec(format!(
-                "unknown nemesis {other:?}; known: {}",
-                ALL.join(", ")
+                "unknown nemesis {other:?}; known: {}, and the expected failure {}",
+                ALL.join(", "),
+                EXPECTED_FAILURES.join(", ")
             )));
         }
     })
@@ -241,6 +417,7 @@ pub fn tick(active: &mut Active, d: &mut Deployment, rng: &mut StdRng) -> Durati
 /// End the fault exactly.
 pub fn stop(active: Active, d: &mut Deployment) {
     match active {
+        Active::Clock => {}
         Active::Net | Active::Flapping { .. } => {
             if let Err(e) = d.cluster.nemesis.heal() {
                 eprintln!("jepsen: heal: {e}");
@@ -278,5 +455,57 @@ pub fn heal_all(d: &mut Deployment) {
     }
     for site in ["dc-a", "dc-b"] {
         d.revive_site(site);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// With `clock`, every witness runs fast and every agent slow, within
+    /// 0.8 × max_drift; without it nothing is skewed; `clock-beyond` puts
+    /// dc-a's agents far outside the bound and leaves the rest alone.
+    #[test]
+    fn clock_rates_stay_inside_the_bound_in_the_worst_orientation() {
+        for seed in 0..50 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let rates = clock_rates(&names(&["clock", "bridge"]), &mut rng);
+            assert_eq!(rates.len(), 3 + AGENTS.len());
+            for (_, host, _) in crate::lab::netcluster::WITNESSES {
+                let r = rates[host];
+                assert!((1.0..=1.0 + 0.8 * MAX_DRIFT).contains(&r), "{host} {r}");
+            }
+            for (name, ..) in AGENTS {
+                let r = rates[name];
+                assert!((1.0 - 0.8 * MAX_DRIFT..=1.0).contains(&r), "{name} {r}");
+            }
+        }
+        let mut rng = StdRng::seed_from_u64(1);
+        assert!(clock_rates(&names(&["bridge", "kill-leader"]), &mut rng).is_empty());
+        let beyond = clock_rates(&names(&["clock-beyond"]), &mut rng);
+        assert_eq!(
+            beyond.keys().cloned().collect::<Vec<_>>(),
+            names(&["mbox-a", "proxy-a"])
+        );
+        assert!(beyond.values().all(|r| *r < 1.0 - 10.0 * MAX_DRIFT));
+    }
+
+    /// Nemesis names are unique, and the expected failure is not in the
+    /// mix.
+    #[test]
+    fn names_are_unique_and_the_experiment_is_apart() {
+        let mut all: Vec<&str> = ALL.to_vec();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), ALL.len());
+        for x in EXPECTED_FAILURES {
+            assert!(!ALL.contains(&x), "{x} must not be in the mix");
+        }
     }
 }

@@ -7,10 +7,12 @@
 //!
 //! 1. **quiet**: the workload alone, so the history starts from a healthy
 //!    cluster;
-//! 2. **faults**: for `--time-limit` seconds, one fault at a time, chosen
-//!    from the nemeses with the seeded RNG, held 3–8 s (a site death long
-//!    enough for a failover), healed, then a gap in which the operator may
-//!    act (a failover, or a freeze followed by an unfreeze);
+//! 2. **faults**: for `--time-limit` seconds, and at least until each of
+//!    the nemeses has run once, one fault at a time, drawn with the seeded
+//!    RNG from a shuffled bag of the nemeses (each runs before any
+//!    repeats), held 3–8 s (a site death long enough for a failover),
+//!    healed, then a gap in which the operator may act (a failover, or a
+//!    freeze followed by an unfreeze);
 //! 3. **heal**: everything undone (network healed, processes resumed and
 //!    restarted, dead sites revived);
 //! 4. **recover**: the workload alone again;
@@ -28,6 +30,7 @@
 
 pub mod collect;
 pub mod deploy;
+pub mod expected;
 pub mod faults;
 pub mod operator;
 pub mod recorder;
@@ -40,6 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::checker::Valid;
@@ -237,7 +241,11 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
     let mut rng = StdRng::seed_from_u64(opts.seed);
     eprintln!("jepsen: building the binaries and the deployment");
     crate::lab::bin_dir();
-    let Some(mut d) = Deployment::start("run", 90) else {
+    let rates = faults::clock_rates(&opts.nemeses, &mut rng);
+    for (name, rate) in &rates {
+        eprintln!("jepsen: {name} runs on a clock at {rate:.4}× real time");
+    }
+    let Some(mut d) = Deployment::start("run", 90, &rates) else {
         anyhow::bail!("this machine cannot run the deployment (see SKIPPED above)");
     };
     let steady = wait_steady(&d);
@@ -303,8 +311,21 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
     let faults_end = Instant::now() + opts.time_limit;
     let mut id = 0u64;
     let mut last_failover: Option<Instant> = None;
-    while Instant::now() < faults_end && !interrupted() && failure.is_none() {
-        let kind = opts.nemeses[rng.random_range(0..opts.nemeses.len())].clone();
+    // Nemeses are drawn from a shuffled bag, refilled when empty, so each
+    // runs before any repeats; the phase lasts the time limit, and longer
+    // if needed for every nemesis to run once.
+    let mut bag: Vec<String> = Vec::new();
+    let mut unseen: std::collections::BTreeSet<String> = opts.nemeses.iter().cloned().collect();
+    while (Instant::now() < faults_end || !unseen.is_empty()) && !interrupted() && failure.is_none()
+    {
+        if bag.is_empty() {
+            bag = opts.nemeses.clone();
+            bag.shuffle(&mut rng);
+        }
+        let Some(kind) = bag.pop() else {
+            break;
+        };
+        unseen.remove(&kind);
         // Anti-flap (min_failover_interval, 5 s here) must not delay the
         // failover a site death calls for.
         if kind == "site-death"
@@ -316,14 +337,20 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
             }
         }
         id += 1;
-        let (targets, mut active) = match faults::start(&kind, &mut d, &mut rng) {
+        let (targets, detail, mut active) = match faults::start(&kind, &mut d, &mut rng) {
             Ok(x) => x,
             Err(e) => {
                 failure = Some(format!("nemesis {kind}: {e}"));
                 break;
             }
         };
-        eprintln!("jepsen: fault {id}: {kind} {targets:?}");
+        eprintln!(
+            "jepsen: fault {id}: {kind} {targets:?}{}",
+            detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        );
         record_deaths(&rec, &mut d);
         rec.record(&Event::Nemesis(NemesisEvent {
             t_ms: now_ms(),
@@ -331,7 +358,7 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
             kind: kind.clone(),
             targets: targets.clone(),
             id: Some(id),
-            detail: None,
+            detail,
         }));
         let hold = if kind == "site-death" {
             Duration::from_millis(worst.as_millis() as u64 + 4_000)
@@ -409,7 +436,8 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
     }
     let logs = dir.join("logs");
     for (name, site, role, state_log, carbonio_log, log) in d.agent_files() {
-        for e in collect::serving_log(&state_log, &name, &site, &role) {
+        let real = |t: f64| d.real_boot_ms(&name, t, offset);
+        for e in collect::serving_log(&state_log, &name, &site, &role, &real) {
             rec.record(&e);
         }
         for e in collect::carbonio_log(&carbonio_log, &name, &site, &best_effort) {

@@ -12,7 +12,7 @@
 //!
 //! `argv` excludes argv[0]; `epoch` and `directive_id` are `WITNESS_EPOCH`
 //! and `WITNESS_DIRECTIVE_ID` (null when unset); `realtime_ns` and
-//! `boottime_ns` are `CLOCK_REALTIME` and `CLOCK_BOOTTIME`. A second line with
+//! `boottime_ns` are `CLOCK_REALTIME` and `CLOCK_BOOTTIME` as the kernel keeps them (never a faked clock). A second line with
 //! `"event":"end"` is written when it finishes normally, so a checker can
 //! see overlapping runs and runs that were killed (a start with no end).
 //!
@@ -31,6 +31,10 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::Duration;
 
+/// `clock` read from the kernel by system call, not through the C library:
+/// an agent under a clock fault (libfaketime, preloaded into the agent and
+/// so into the commands it runs) must not move this evidence, which the
+/// harness judges on the kernel's clock.
 fn clock_ns(clock: libc::clockid_t) -> u128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -38,7 +42,13 @@ fn clock_ns(clock: libc::clockid_t) -> u128 {
     };
     // SAFETY: clock_gettime writes one timespec into this live local.
     #[allow(unsafe_code)]
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clock_gettime,
+            clock,
+            &mut ts as *mut libc::timespec,
+        )
+    };
     if rc != 0 {
         return 0;
     }
