@@ -301,47 +301,61 @@ fn check_checkers(store: &std::path::Path, time_limit: u64) -> ExitCode {
     let exe = std::env::current_exe().expect("this executable");
     let mut missed = Vec::new();
     for x in EXPERIMENTS {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["test", "--nemesis", x.nemesis])
-            .args(["--time-limit", &time_limit.to_string()])
-            .args(["--seed", &x.seed.to_string()])
-            .arg("--store")
-            .arg(store.join("check-checkers").join(x.name))
-            .arg("--bin-dir")
-            .arg(if x.sabotage.is_some() {
-                &sabotaged
-            } else {
-                bins
-            });
-        match x.sabotage {
-            Some(s) => cmd.env("WITNESS_SABOTAGE", s),
-            None => cmd.env_remove("WITNESS_SABOTAGE"),
-        };
-        eprintln!(
-            "jepsen check-checkers: {} ({}), nemesis {}: must be invalid",
-            x.name,
-            x.sabotage.map_or("the real binaries".into(), |s| format!(
-                "WITNESS_SABOTAGE={s}"
-            )),
-            x.nemesis
-        );
-        let code = cmd.status().ok().and_then(|s| s.code());
-        let verdict = match code {
-            Some(1) => "caught (invalid)",
-            Some(0) => "MISSED: judged valid",
-            Some(2) => "MISSED: judged unknown",
-            _ => "MISSED: the run failed",
-        };
-        println!("  {:<28} {verdict}", x.name);
-        if code != Some(1) {
-            missed.push(x.name);
+        // (label, sabotage, nemeses, bin dir, exit status wanted)
+        let runs = [
+            (
+                x.name.to_string(),
+                x.sabotage,
+                x.nemesis,
+                if x.sabotage.is_some() {
+                    sabotaged.as_path()
+                } else {
+                    bins
+                },
+                1,
+            ),
+            (format!("{}-control", x.name), None, x.control, bins, 0),
+        ];
+        for (label, sabotage, nemeses, dir, want) in runs {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["test", "--nemesis", nemeses])
+                .args(["--time-limit", &time_limit.to_string()])
+                .args(["--seed", &x.seed.to_string()])
+                .arg("--store")
+                .arg(store.join("check-checkers").join(&label))
+                .arg("--bin-dir")
+                .arg(dir);
+            match sabotage {
+                Some(s) => cmd.env("WITNESS_SABOTAGE", s),
+                None => cmd.env_remove("WITNESS_SABOTAGE"),
+            };
+            eprintln!(
+                "jepsen check-checkers: {label} ({}), nemesis {nemeses}: must be {}",
+                sabotage.map_or("the real binaries".into(), |s| format!(
+                    "WITNESS_SABOTAGE={s}"
+                )),
+                if want == 1 { "invalid" } else { "valid" }
+            );
+            let code = cmd.status().ok().and_then(|s| s.code());
+            let verdict = match (code, want) {
+                (Some(1), 1) => "caught (invalid)".to_string(),
+                (Some(0), 0) => "valid, as it must be".to_string(),
+                (Some(0), _) => "MISSED: judged valid".to_string(),
+                (Some(1), _) => "WRONG: judged invalid".to_string(),
+                (Some(2), _) => "judged unknown".to_string(),
+                _ => "the run failed".to_string(),
+            };
+            println!("  {label:<36} {verdict}");
+            if code != Some(want) {
+                missed.push(label);
+            }
         }
     }
     if missed.is_empty() {
-        println!("check-checkers: every experiment was judged invalid");
+        println!("check-checkers: every experiment was judged invalid and every control valid");
         ExitCode::SUCCESS
     } else {
-        println!("check-checkers: not caught: {}", missed.join(", "));
+        println!("check-checkers: not as expected: {}", missed.join(", "));
         ExitCode::FAILURE
     }
 }

@@ -20,12 +20,19 @@
 //!   are judged at their start only (they are not killed on a lapse), and
 //!   runs that never ended in the history only at their start.
 //!
+//! - Every lease of a site at epoch `e` must be over before another site
+//!   is first seen serving at a later epoch (`stale-grant`): the leader
+//!   waits out every lease it could have granted before it activates a new
+//!   site (§3.4), so a grant that outlives the activation was one the
+//!   protocol promised could not exist — a deposed leader granting from
+//!   stale state, say.
+//!
 //! A history with no lease events at all cannot be judged: unknown.
 
 use std::collections::BTreeMap;
 
 use super::{Anomaly, CheckResult, Findings, secs};
-use crate::history::{History, Ms, RunKind};
+use crate::history::{History, Ms, RunKind, ServingState};
 
 /// Entitlement windows `(from, until, grant line)` of one agent and epoch.
 type Windows<'h> = BTreeMap<(&'h str, u64), Vec<(Ms, Ms, usize)>>;
@@ -42,6 +49,7 @@ pub fn check(h: &History) -> CheckResult {
             line,
         ));
     }
+    stale_grants(h, &mut f);
     let runs: Vec<_> = h.runs().collect();
     if windows.is_empty() {
         if !runs.is_empty() {
@@ -136,6 +144,52 @@ pub fn check(h: &History) -> CheckResult {
     }
     f.note(format!("{judged} runs judged against the agents' leases"));
     f.finish(format!("all {judged} runs started inside a valid lease"))
+}
+
+/// Leases that outlive the first serving of another site at a later epoch.
+fn stale_grants(h: &History, f: &mut Findings) {
+    // The first time each (site, epoch) was seen serving.
+    let mut first: BTreeMap<(&str, u64), (Ms, &str, usize)> = BTreeMap::new();
+    for (line, s) in h.serving() {
+        if s.state == ServingState::Serving {
+            let e = first
+                .entry((s.site.as_str(), s.epoch))
+                .or_insert((s.t_ms, &s.agent, line));
+            if s.t_ms < e.0 {
+                *e = (s.t_ms, &s.agent, line);
+            }
+        }
+    }
+    for (line, l) in h.leases() {
+        let end = h.meta.lease_end(l.sent_t_ms, l.ttl_ms);
+        let newer = first
+            .iter()
+            .filter(|((site, epoch), _)| *site != l.site && *epoch > l.epoch)
+            .min_by(|a, b| a.1.0.total_cmp(&b.1.0));
+        if let Some(((site, epoch), (t, agent, serving_line))) = newer
+            && end > *t
+        {
+            f.violation(
+                Anomaly::new(
+                    "stale-grant",
+                    format!(
+                        "{}'s lease at epoch {} (sent {}, received {}) lasts until {}, but \
+                         {agent} ({site}) was serving at epoch {epoch} from {}: the grant \
+                         outlives the activation that should have waited it out",
+                        l.agent,
+                        l.epoch,
+                        secs(l.sent_t_ms),
+                        secs(l.t_ms),
+                        secs(end),
+                        secs(*t)
+                    ),
+                )
+                .at(*t)
+                .until(end)
+                .lines([line, *serving_line]),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +303,34 @@ mod tests {
         assert_eq!(check(&h).valid, Valid::False);
         h.meta.max_drift = 0.02; // 3000 / 0.98 ≈ 3061
         assert_eq!(check(&h).valid, Valid::True);
+    }
+
+    /// A lease of the old site that ends before the new site serves is
+    /// fine; one that ends after is a stale grant, whichever agent of the
+    /// new site serves first; the same site at a later epoch is no
+    /// conflict.
+    #[test]
+    fn a_lease_outliving_the_next_activation_is_a_stale_grant() {
+        use crate::history::ServingState::Serving;
+        // dc-b's lease at epoch 2 lasts until 4000 (sent 1000, ttl 3000,
+        // no drift in the test meta).
+        let base = || vec![lease(1010.0, "mbox-b", "dc-b", 2, 1000.0, 3000)];
+        let mut ok = base();
+        ok.push(serving(4100.0, "mbox-a", "dc-a", Serving, 3));
+        ok.push(serving(2000.0, "mbox-b", "dc-b", Serving, 4));
+        assert_eq!(check(&history(vec![ok])).valid, Valid::True);
+        let mut bad = base();
+        bad.push(serving(5000.0, "mbox-a", "dc-a", Serving, 3));
+        bad.push(serving(3900.0, "proxy-a", "dc-a", Serving, 3));
+        let r = check(&history(vec![bad]));
+        assert_eq!(r.valid, Valid::False, "{r:?}");
+        assert_eq!(r.anomalies[0].kind, "stale-grant");
+        assert!(r.anomalies[0].message.contains("proxy-a"), "{r:?}");
+        // An older epoch of another site serving later is not a newer
+        // activation.
+        let mut old = base();
+        old.push(serving(3000.0, "mbox-a", "dc-a", Serving, 1));
+        assert_eq!(check(&history(vec![old])).valid, Valid::True);
     }
 
     /// Runs without any recorded lease: unknown, not a violation.

@@ -4,13 +4,16 @@
 //! removes one guard the product's safety rests on and runs the nemesis
 //! that guard exists for; the harness must judge every such run
 //! **invalid** (exit 1). Valid or unknown means a checker missed a real
-//! violation, and the command fails.
+//! violation, and the command fails. Each experiment has a **control**:
+//! the same seed and faults with the guard in place (the real binaries,
+//! every clock within `max_drift`), which must be judged **valid** — so
+//! what the checkers catch is the broken guard, not the fault.
 //!
-//! | experiment | what is broken | nemesis | the checkers that must see it |
+//! | experiment | what is broken | nemesis (control) | what catches it |
 //! | --- | --- | --- | --- |
-//! | `agent-ignores-lease-expiry` | a sabotaged agent never fences when its lease runs out | `partition-site` | `split_brain` (the cut-off site keeps serving after the other is activated) |
-//! | `grant-without-read-index` | a sabotaged leader grants leases without confirming it still leads | `leader-with-site` | `split_brain`, `leases` (the deposed leader keeps the old site's leases alive) |
-//! | `clock-beyond` | dc-a's agents run at half speed, 50 × `max_drift` (the real binaries) | `clock-beyond` | `split_brain`, `leases` (dc-a's agents believe their lease lasts twice as long) |
+//! | `agent-ignores-lease-expiry` | a sabotaged agent never fences when its lease runs out | `partition-site` (the same) | `split_brain`: the cut-off site keeps serving after the other is activated |
+//! | `grant-without-read-index` | a sabotaged leader grants leases without confirming it still leads | `leader-with-site` (the same) | `split_brain`, and `leases` (`stale-grant`): the deposed leader keeps the old site's leases alive past the new activation |
+//! | `clock-beyond` | dc-a's agents run at half speed, 50 × `max_drift` (the real binaries) | `clock-beyond` (`clock,partition-site`) | `split_brain`: dc-a's agents believe their lease lasts twice as long |
 //!
 //! The sabotaged binaries are the product built with the cargo feature
 //! `sabotage` (`witness::sabotage`), switched on per run by
@@ -21,11 +24,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One experiment: its name, the sabotage switched on (none: the real
-/// binaries), the nemesis, the seed.
+/// binaries), the nemesis, the control's nemeses, the seed.
 pub struct Experiment {
     pub name: &'static str,
     pub sabotage: Option<&'static str>,
     pub nemesis: &'static str,
+    pub control: &'static str,
     pub seed: u64,
 }
 
@@ -35,18 +39,21 @@ pub const EXPERIMENTS: [Experiment; 3] = [
         name: "agent-ignores-lease-expiry",
         sabotage: Some("agent-ignores-lease-expiry"),
         nemesis: "partition-site",
+        control: "partition-site",
         seed: 2,
     },
     Experiment {
         name: "grant-without-read-index",
         sabotage: Some("grant-without-read-index"),
         nemesis: "leader-with-site",
+        control: "leader-with-site",
         seed: 2,
     },
     Experiment {
         name: "clock-beyond",
         sabotage: None,
         nemesis: "clock-beyond",
+        control: "clock,partition-site",
         seed: 2,
     },
 ];
