@@ -16,11 +16,16 @@
 //! router    none   BIRD 2, AS 65000, peers with both proxies
 //! ```
 //!
-//! Consul: `mode = "ignore"` (no Consul stand-in in the namespaces yet).
+//! Consul: `mode = "corroborate"` (DESIGN.md §3.2: Consul may veto a
+//! "down", never make one). Each witness reads a fake Consul agent on its
+//! own host, `:8500` ([`ConsulLab`]); the three share one catalog that
+//! shows each data site's mailstore and proxy, failed while the site is
+//! dead ([`Deployment::kill_site`]) or cut off (the `partition-site`
+//! nemesis), and whatever the `consul-lies` nemesis makes it say.
 //!
 //! Fields drop in order: agents (killed and reaped), fenced services,
-//! watchdogs, BIRDs, the agents' files, then the cluster (witnesses,
-//! faults healed, namespaces removed).
+//! watchdogs, BIRDs, the agents' files, the Consul agents, then the
+//! cluster (witnesses, faults healed, namespaces removed).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -31,7 +36,8 @@ use super::service::{FencedService, SERVE_PORT};
 use crate::Host;
 use crate::lab::agents::{AgentLab, AgentProc, AgentSpec, FakeWatchdog};
 use crate::lab::bgp::{BgpLab, ROUTER};
-use crate::lab::netcluster::NetCluster;
+use crate::lab::consul::ConsulLab;
+use crate::lab::netcluster::{NetCluster, Setup};
 
 /// The agents: (name, host, site, role, witness ids in the order tried).
 pub const AGENTS: [(&str, &str, &str, &str, [u64; 3]); 4] = [
@@ -68,6 +74,7 @@ pub struct Deployment {
     dead_birds: std::collections::BTreeSet<String>,
     pub bgp: BgpLab,
     pub lab: AgentLab,
+    pub consul: ConsulLab,
     pub cluster: NetCluster,
 }
 
@@ -80,11 +87,20 @@ impl Deployment {
         if crate::lab::bgp::skipped() {
             return None;
         }
-        let cluster = NetCluster::start_with_policy(tag, octet, &[(ROUTER, None)], |c| {
+        let mut consul = None;
+        let cluster = NetCluster::start_with_setup(tag, octet, &[(ROUTER, None)], |c| {
+            // The Consul agents listen before any witness reads them.
+            let agents = ConsulLab::start(c).expect("start the Consul agents");
+            let node_toml = (1..=3).map(|id| (id, agents.node_toml(id))).collect();
+            consul = Some(agents);
+            let mut p = c.policy_toml("corroborate", EXTRA_POLICY, true).replace(
+                "[consul]\nmode = \"corroborate\"\n",
+                "[consul]\nmode = \"corroborate\"\n\
+                     server_sites = [\"dc-a\", \"dc-b\", \"dc-c\"]\n",
+            );
             // Each site names its mail host, so an Activate carries the
             // promotion of the lost site's accounts (the mailstore agents'
             // `[carbonio] mail_host` is `mbox.<site>.test`).
-            let mut p = c.policy_toml("ignore", EXTRA_POLICY, false);
             for site in ["dc-a", "dc-b"] {
                 for active in ["true", "false"] {
                     p = p.replace(
@@ -96,8 +112,12 @@ impl Deployment {
                     );
                 }
             }
-            p
+            Setup {
+                policy: p,
+                node_toml,
+            }
         })?;
+        let consul = consul.expect("started with the cluster");
         let bgp = BgpLab::start_on(&cluster.net);
         let lab = AgentLab::new(&crate::lab::fake_carbonio_bin().display().to_string());
         let mut d = Deployment {
@@ -108,6 +128,7 @@ impl Deployment {
             dead_birds: Default::default(),
             bgp,
             lab,
+            consul,
             cluster,
         };
         for (name, host, site, role, order) in AGENTS {
@@ -188,8 +209,9 @@ impl Deployment {
     }
 
     /// The site's machines die: health listeners, fenced services and
-    /// agents all stop.
+    /// agents all stop, and Consul's servers see their nodes fail.
     pub fn kill_site(&mut self, site: &str) {
+        self.consul.machines_died(site);
         self.cluster.kill_site(site);
         for (name, host, s, role, _) in AGENTS {
             if s == site {
@@ -219,9 +241,11 @@ impl Deployment {
         }
     }
 
-    /// The site's machines come back: services, then agents.
+    /// The site's machines come back: services (and their Consul nodes),
+    /// then agents.
     pub fn revive_site(&mut self, site: &str) {
         self.cluster.revive_site(site);
+        self.consul.machines_back(site);
         for (name, host, s, role, _) in AGENTS {
             if s == site {
                 if let Some(svc) = self.services.get_mut(host)

@@ -17,8 +17,32 @@
 //! | `latency` | 80 ms ± 40 ms added to every witness-to-witness connection, both ways |
 //! | `site-death` | the active site's machines die (health services, fenced services, agents); revived at the end |
 //! | `flapping` | the bridge partition switched on and off every 0.5–1.5 s |
+//! | `consul-lies` | Consul lies about the active site (below); the truth restored at the end |
 //!
-//! Clock faults and a lying Consul are not among them yet.
+//! `partition-site` also fails the cut-off site's nodes in Consul's view,
+//! as the server quorum outside it would ([`ConsulLab`](crate::lab::consul::ConsulLab)).
+//!
+//! # `consul-lies`
+//!
+//! The policy's `consul.mode` is `corroborate`: Consul may veto a "down"
+//! (a target whose service instance Consul reports fully passing is not
+//! down), never make one (DESIGN.md §3.2). The lies, each about the active
+//! site, named by the first word of the nemesis event's `detail`:
+//!
+//! | lie | what Consul says | truth | what the product must do |
+//! | --- | --- | --- | --- |
+//! | `services-critical` | the site's service checks critical | the services answer | nothing: Consul alone never makes a down |
+//! | `nodes-failed` | the site's nodes failed (`serfHealth` critical) | the machines run | nothing, likewise |
+//! | `passing-while-dead` | the site's nodes alive, every check passing | the site's machines died (as `site-death`) | no failover while the lie lasts: the veto is the product's promise in `corroborate` |
+//!
+//! The first two are what a build that trusted Consul's word would fail
+//! over on; the `failover_cause` checker calls any such failover a
+//! violation. The third is a real death, so a failover during it has a
+//! cause (`failover_cause` accepts it), yet the veto should hold it back;
+//! `liveness` does not demand a replacement for it (it keys on
+//! `site-death` only). Each lie is held as long as a site death (the worst
+//! case failover and more), so a build that acted on it would have done so
+//! in time to be seen.
 
 use std::time::Duration;
 
@@ -27,11 +51,12 @@ use rand::rngs::StdRng;
 
 use super::deploy::{AGENTS, Deployment};
 use crate::Host;
+use crate::lab::consul::{ConsulLab, Lie};
 use crate::lab::netcluster::{GRPC_PORT, NetCluster};
 use crate::nemesis::Latency;
 
 /// Every nemesis, in `test-all` order.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     "partition-site",
     "bridge",
     "isolate-witness",
@@ -46,12 +71,21 @@ pub const ALL: [&str; 14] = [
     "latency",
     "site-death",
     "flapping",
+    "consul-lies",
 ];
 
 /// A fault in force, with what its end must undo.
 pub enum Active {
     /// iptables rules or proxies: healed by the nemesis.
     Net,
+    /// A site cut off: the network healed, then the site back in Consul's
+    /// view.
+    Partitioned(String),
+    /// Consul lies about `site`; `killed`: its machines died too.
+    ConsulLie {
+        site: String,
+        killed: bool,
+    },
     Killed(Vec<u64>),
     Paused(Vec<u64>),
     PausedAgent(String),
@@ -89,14 +123,23 @@ fn witness_name(id: u64) -> String {
     NetCluster::host(id).as_str().to_string()
 }
 
-/// Start fault `kind`: its targets (for the history) and what to undo.
-pub fn start(
-    kind: &str,
-    d: &mut Deployment,
-    rng: &mut StdRng,
-) -> crate::Result<(Vec<String>, Active)> {
+/// A fault just started.
+pub struct Started {
+    /// What it hits, for the history.
+    pub targets: Vec<String>,
+    /// What exactly it does, when its kind does not say it all.
+    pub detail: Option<String>,
+    /// What its end must undo.
+    pub active: Active,
+}
+
+/// Start fault `kind`.
+pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<Started> {
+    if kind == "consul-lies" {
+        return Ok(consul_lies(d, rng));
+    }
     let hosts = |site: &str, d: &Deployment| d.cluster.site(site);
-    Ok(match kind {
+    let (targets, active) = match kind {
         "partition-site" => {
             let site = if rng.random_bool(0.5) { "dc-a" } else { "dc-b" };
             let inside = hosts(site, d);
@@ -108,7 +151,11 @@ pub fn start(
                 .filter(|h| !inside.contains(h))
                 .collect();
             d.cluster.nemesis.partition(vec![inside, rest])?;
-            (vec![site.to_string()], Active::Net)
+            d.consul.cut_off(site);
+            (
+                vec![site.to_string()],
+                Active::Partitioned(site.to_string()),
+            )
         }
         "bridge" => {
             let groups = vec![hosts("dc-a", d), hosts("dc-b", d)];
@@ -216,7 +263,54 @@ pub fn start(
                 ALL.join(", ")
             )));
         }
+    };
+    Ok(Started {
+        targets,
+        detail: None,
+        active,
     })
+}
+
+/// `consul-lies`: one of the lies of the module doc about the active site,
+/// the alive-site lies twice as often as the dead-site one.
+fn consul_lies(d: &mut Deployment, rng: &mut StdRng) -> Started {
+    let site = active_site(d).unwrap_or_else(|| "dc-a".into());
+    let nodes: Vec<String> = ConsulLab::machines(&site)
+        .iter()
+        .map(|(node, service)| format!("{service} on {node}"))
+        .collect();
+    let nodes = nodes.join(", ");
+    let (lie, detail) = match rng.random_range(0..5) {
+        0 | 1 => (
+            Lie::ServicesCritical(site.clone()),
+            format!(
+                "services-critical: Consul reports {site}'s services ({nodes}) critical while \
+                 they answer"
+            ),
+        ),
+        2 | 3 => (
+            Lie::NodesFailed(site.clone()),
+            format!("nodes-failed: Consul reports {site}'s nodes ({nodes}) failed while they run"),
+        ),
+        _ => (
+            Lie::Passing(site.clone()),
+            format!(
+                "passing-while-dead: {site}'s machines die while Consul reports them ({nodes}) \
+                 alive and passing"
+            ),
+        ),
+    };
+    let killed = matches!(lie, Lie::Passing(_));
+    // The lie first: Consul never tells the truth about this death.
+    d.consul.lie(lie);
+    if killed {
+        d.kill_site(&site);
+    }
+    Started {
+        targets: vec![site.clone()],
+        detail: Some(detail),
+        active: Active::ConsulLie { site, killed },
+    }
 }
 
 /// While a fault is held: flapping toggles its partition; the rest wait.
@@ -246,6 +340,18 @@ pub fn stop(active: Active, d: &mut Deployment) {
                 eprintln!("jepsen: heal: {e}");
             }
         }
+        Active::Partitioned(site) => {
+            if let Err(e) = d.cluster.nemesis.heal() {
+                eprintln!("jepsen: heal: {e}");
+            }
+            d.consul.reconnected(&site);
+        }
+        Active::ConsulLie { site, killed } => {
+            if killed {
+                d.revive_site(&site);
+            }
+            d.consul.truth();
+        }
         Active::Killed(ids) => {
             for id in ids {
                 d.cluster.restart(id);
@@ -262,11 +368,13 @@ pub fn stop(active: Active, d: &mut Deployment) {
 }
 
 /// Undo anything that may still be in force, whatever happened: heal the
-/// network, resume and restart every witness and agent, revive both sites.
+/// network, make Consul tell the truth, resume and restart every witness
+/// and agent, revive both sites.
 pub fn heal_all(d: &mut Deployment) {
     if let Err(e) = d.cluster.nemesis.heal() {
         eprintln!("jepsen: heal: {e}");
     }
+    d.consul.heal();
     for id in 1..=3 {
         d.cluster.resume(id);
         if !d.cluster.is_running(id) {

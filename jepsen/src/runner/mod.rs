@@ -8,9 +8,10 @@
 //! 1. **quiet**: the workload alone, so the history starts from a healthy
 //!    cluster;
 //! 2. **faults**: for `--time-limit` seconds, one fault at a time, chosen
-//!    from the nemeses with the seeded RNG, held 3–8 s (a site death long
-//!    enough for a failover), healed, then a gap in which the operator may
-//!    act (a failover, or a freeze followed by an unfreeze);
+//!    from the nemeses with the seeded RNG, held 3–8 s (a site death or a
+//!    Consul lie long enough for a failover), healed, then a gap in which
+//!    the operator may act (a failover, or a freeze followed by an
+//!    unfreeze);
 //! 3. **heal**: everything undone (network healed, processes resumed and
 //!    restarted, dead sites revived);
 //! 4. **recover**: the workload alone again;
@@ -306,8 +307,9 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
     while Instant::now() < faults_end && !interrupted() && failure.is_none() {
         let kind = opts.nemeses[rng.random_range(0..opts.nemeses.len())].clone();
         // Anti-flap (min_failover_interval, 5 s here) must not delay the
-        // failover a site death calls for.
-        if kind == "site-death"
+        // failover a site death calls for, nor hide the one a lying Consul
+        // might provoke.
+        if (kind == "site-death" || kind == "consul-lies")
             && let Some(t) = last_failover
         {
             let since = t.elapsed();
@@ -316,14 +318,21 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
             }
         }
         id += 1;
-        let (targets, mut active) = match faults::start(&kind, &mut d, &mut rng) {
+        let faults::Started {
+            targets,
+            detail,
+            mut active,
+        } = match faults::start(&kind, &mut d, &mut rng) {
             Ok(x) => x,
             Err(e) => {
                 failure = Some(format!("nemesis {kind}: {e}"));
                 break;
             }
         };
-        eprintln!("jepsen: fault {id}: {kind} {targets:?}");
+        match &detail {
+            Some(detail) => eprintln!("jepsen: fault {id}: {kind} {targets:?}: {detail}"),
+            None => eprintln!("jepsen: fault {id}: {kind} {targets:?}"),
+        }
         record_deaths(&rec, &mut d);
         rec.record(&Event::Nemesis(NemesisEvent {
             t_ms: now_ms(),
@@ -331,9 +340,12 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
             kind: kind.clone(),
             targets: targets.clone(),
             id: Some(id),
-            detail: None,
+            detail,
         }));
-        let hold = if kind == "site-death" {
+        // A site death, and a lie, last beyond the worst-case failover:
+        // long enough for the failover one calls for, and for the one the
+        // other must not cause.
+        let hold = if kind == "site-death" || kind == "consul-lies" {
             Duration::from_millis(worst.as_millis() as u64 + 4_000)
         } else {
             Duration::from_millis(rng.random_range(3_000..8_000))
