@@ -16,6 +16,11 @@
 //! router    none   BIRD 2, AS 65000, peers with both proxies
 //! ```
 //!
+//! Active Replica is taken as caught up: each mailstore's fake Carbonio
+//! lists one account whose replica on it matches the other site's
+//! mailstore, so a failback to the home site passes its pre-flight and
+//! promotes.
+//!
 //! Consul: `mode = "corroborate"` (DESIGN.md §3.2: Consul may veto a
 //! "down", never make one). Each witness reads a fake Consul agent on its
 //! own host, `:8500` ([`ConsulLab`]); the three share one catalog that
@@ -52,6 +57,24 @@ pub const AGENTS: [(&str, &str, &str, &str, [u64; 3]); 4] = [
 /// bounded as in the agent tests.
 pub const EXTRA_POLICY: &str = "[failover]\nmin_failover_interval = \"5s\"\n\
      [directives]\nclaim_ttl = \"3s\"\nmax_attempts = 5\n";
+
+/// `getAccountStatus` output (the fake Carbonio prints it) for one account
+/// of `source` whose replica on `destination` has caught up: the lab has no
+/// mail to replicate, so Active Replica is always complete and a failback's
+/// pre-flight passes (DESIGN.md §3.7).
+fn replicas_caught_up(source: &str, destination: &str) -> String {
+    serde_json::json!({"response": {"values": [{
+        "accountId": "id-1", "accountName": "alice@example.test",
+        "accountMailHost": source, "paused": false, "mailboxId": 7,
+        "sequence": 1200, "itemId": 345,
+        "replicas": [{
+            "accountId": "id-1", "itemId": 345, "sequence": 1200,
+            "mailboxId": 9, "destination": destination, "available": true,
+            "priority": 10, "canConnectToKafka": true
+        }]
+    }]}})
+    .to_string()
+}
 
 /// One agent: what to start it with, and the process when it runs.
 pub struct AgentSlot {
@@ -151,6 +174,16 @@ impl Deployment {
                 );
             if role == "proxy" {
                 spec = spec.bgp(&d.bgp.bgp_toml(host));
+            }
+            if role == "mailstore" {
+                let other = if site == "dc-a" { "dc-b" } else { "dc-a" };
+                let status = d.lab.path(&format!("{name}.account-status.json"));
+                std::fs::write(
+                    &status,
+                    replicas_caught_up(&format!("mbox.{other}.test"), &format!("mbox.{site}.test")),
+                )
+                .expect("write the fake Carbonio's account status");
+                spec = spec.env("FAKE_CARBONIO_STATUS_FILE", &status.display().to_string());
             }
             d.watchdogs.insert(name.to_string(), watchdog);
             d.services.insert(host.to_string(), svc);
