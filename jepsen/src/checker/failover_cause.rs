@@ -31,7 +31,8 @@
 //! - A failover whose record says neither cause nor actor is a doubt.
 //!
 //! A violation names the failover, what the harness's outside probes of
-//! the old site saw in the window, and the faults in force.
+//! the old site's fenced services saw in the window (they answer only
+//! while serving), and the faults in force.
 
 use super::{Anomaly, CheckResult, Findings, secs};
 use crate::history::{DecisionKind, Event, FaultWindow, History};
@@ -216,7 +217,10 @@ pub fn check(h: &History) -> CheckResult {
         } else if up == probes {
             format!("while its services answered every probe ({probes} outside probes)")
         } else {
-            format!("while its services answered {up} of {probes} outside probes")
+            format!(
+                "while its services answered {up} of {probes} outside probes (a standby or \
+                 fenced service does not answer)"
+            )
         };
         let faults_text = if in_force.is_empty() {
             "none".to_string()
