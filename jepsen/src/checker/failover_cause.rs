@@ -174,11 +174,17 @@ pub fn check(h: &History) -> CheckResult {
             })
             .collect();
         let verdicts: Vec<Verdict> = in_force.iter().map(|w| judge(w, from)).collect();
-        if let Some(w) = in_force
+        // The loss of this very site explains best; any network fault else.
+        let causes: Vec<&FaultWindow> = in_force
             .iter()
             .zip(&verdicts)
-            .find(|(_, v)| **v == Verdict::Cause)
-            .map(|(w, _)| w)
+            .filter(|(_, v)| **v == Verdict::Cause)
+            .map(|(w, _)| *w)
+            .collect();
+        if let Some(w) = causes
+            .iter()
+            .find(|w| !NETWORK.contains(&w.kind.as_str()))
+            .or(causes.first())
         {
             f.note(format!("the {what} answered {}", describe(w)));
             continue;
@@ -379,6 +385,23 @@ mod tests {
             let r = check(&history(groups));
             assert_eq!(r.valid, Valid::True, "{name}: {r:?}");
         }
+    }
+
+    /// Of several causes in force, the loss of the site itself is named.
+    #[test]
+    fn the_site_s_own_loss_is_named_first() {
+        let r = check(&history(vec![
+            initial(),
+            fault(1_000.0, 4_000.0, "flapping", &["dc-a", "dc-b"], None),
+            fault(6_000.0, 12_000.0, "partition-site", &["dc-a"], None),
+            vec![auto(11_000.0, "dc-a", "dc-b")],
+        ]));
+        assert_eq!(r.valid, Valid::True, "{r:?}");
+        assert!(
+            r.notes[0].ends_with("answered partition-site [dc-a]"),
+            "{:?}",
+            r.notes
+        );
     }
 
     /// Failovers with no loss behind them: during a lie that the site is
