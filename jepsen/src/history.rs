@@ -92,6 +92,9 @@
 //! - **`nemesis`** ([`NemesisEvent`]): a fault starting or stopping. A stop
 //!   ends the open starts of the same `kind` (and `id`, when given).
 //!   `site-death` (targets: the site) is what the liveness checker keys on.
+//!   `consul-lies` (targets: the site lied about) names its lie in `detail`,
+//!   first word `services-critical`, `nodes-failed` or `passing-while-dead`;
+//!   the `failover_cause` checker keys on that word.
 //! - **`phase`** ([`PhaseMark`]): `quiet`, `faults`, `heal`, `recover`,
 //!   `final`, each marking when that phase began.
 //!
@@ -640,6 +643,8 @@ pub struct FaultWindow {
     pub start_ms: Ms,
     /// `None`: never stopped within the history.
     pub end_ms: Option<Ms>,
+    /// The start event's `detail` (e.g. which lie `consul-lies` told).
+    pub detail: Option<String>,
 }
 
 /// A client operation from invocation to completion.
@@ -921,6 +926,7 @@ impl History {
                         targets: n.targets.clone(),
                         start_ms: n.t_ms,
                         end_ms: None,
+                        detail: n.detail.clone(),
                     });
                 }
                 NemesisAction::Stop => open.retain(|&(i, id)| {

@@ -82,6 +82,9 @@ enum Command {
         /// Seconds of each run's fault phase.
         #[arg(long, default_value_t = 20)]
         time_limit: u64,
+        /// Only these experiments (comma-separated names).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Run every nemesis in short tests (one test per nemesis, or per
     /// `--group` of them), then print a summary.
@@ -220,7 +223,11 @@ fn main() -> ExitCode {
             println!("valid: {}", worst.name());
             ExitCode::from(jepsen::results::exit_code(worst))
         }
-        Command::CheckCheckers { store, time_limit } => check_checkers(&store, time_limit),
+        Command::CheckCheckers {
+            store,
+            time_limit,
+            only,
+        } => check_checkers(&store, time_limit, &only),
         Command::Cleanup => match jepsen::cleanup_orphans() {
             Ok(removed) => {
                 for p in removed {
@@ -288,8 +295,19 @@ fn prepare(run: &RunArgs) {
 
 /// `check-checkers`: each experiment in a child `jepsen test`, which must
 /// exit 1 (invalid).
-fn check_checkers(store: &std::path::Path, time_limit: u64) -> ExitCode {
+fn check_checkers(store: &std::path::Path, time_limit: u64, only: &[String]) -> ExitCode {
     use jepsen::runner::expected::{EXPERIMENTS, build_sabotaged};
+    if let Some(bad) = only
+        .iter()
+        .find(|n| !EXPERIMENTS.iter().any(|x| x.name == n.as_str()))
+    {
+        let names: Vec<&str> = EXPERIMENTS.iter().map(|x| x.name).collect();
+        eprintln!(
+            "jepsen check-checkers: unknown experiment {bad:?}; known: {}",
+            names.join(", ")
+        );
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     let bins = jepsen::lab::bin_dir();
     let sabotaged = match build_sabotaged(bins) {
         Ok(dir) => dir,
@@ -300,7 +318,10 @@ fn check_checkers(store: &std::path::Path, time_limit: u64) -> ExitCode {
     };
     let exe = std::env::current_exe().expect("this executable");
     let mut missed = Vec::new();
-    for x in EXPERIMENTS {
+    for x in EXPERIMENTS
+        .iter()
+        .filter(|x| only.is_empty() || only.iter().any(|n| n == x.name))
+    {
         // (label, sabotage, nemeses, bin dir, exit status wanted)
         let runs = [
             (

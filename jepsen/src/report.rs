@@ -159,13 +159,16 @@ pub fn render(h: &History, r: &Results) -> String {
             "clock" => "#A0E9E3",
             _ => "#D8D8D8",
         };
-        let title = format!(
+        let mut title = format!(
             "{} {} from {} to {}",
             w.kind,
             w.targets.join(","),
             secs(w.start_ms - t0),
             w.end_ms.map_or("the end".into(), |e| secs(e - t0))
         );
+        if let Some(detail) = &w.detail {
+            title.push_str(&format!(": {detail}"));
+        }
         let _ = write!(
             svg,
             r#"<rect x="{x1:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="{colour}" opacity="0.35"><title>{}</title></rect><rect x="{x1:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"><title>{}</title></rect><text x="{:.1}" y="{:.1}" font-size="9">{}</text>"#,

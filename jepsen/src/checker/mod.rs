@@ -16,6 +16,7 @@
 //! | `directives` | every planned directive ran, never twice at once, never at a stale epoch | [`directives`] |
 //! | `lost_decisions` | every acknowledged decision is in the final committed history | [`lost`] |
 //! | `liveness` | after the heal the verdict converges within a bound; a dead site is replaced in time | [`liveness`] |
+//! | `failover_cause` | every automatic failover followed a real loss of the site it left (its death, its cut-off, a network fault), never a Consul lie alone | [`failover_cause`] |
 //! | `node_logs` | no panic or invariant violation in any node log | [`logs`] |
 //!
 //! # Observed times
@@ -39,6 +40,7 @@ use crate::history::{Event, History, Ms, OpType};
 
 pub mod directives;
 pub mod epochs;
+pub mod failover_cause;
 pub mod leases;
 pub mod linearizable;
 pub mod liveness;
@@ -220,6 +222,7 @@ pub fn check_all(h: &History, logs: &[NodeLog]) -> Vec<(&'static str, CheckResul
         ("directives", directives::check(h)),
         ("lost_decisions", lost::check(h)),
         ("liveness", liveness::check(h)),
+        ("failover_cause", failover_cause::check(h)),
         ("node_logs", logs::check(h, logs)),
     ]
 }

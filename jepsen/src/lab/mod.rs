@@ -8,6 +8,9 @@
 //!   configured from `deploy/bgp/`;
 //! - [`agents`]: real `witness agent` processes with hooks that log, the
 //!   fake Carbonio CLI, a fake watchdog;
+//! - [`consul`]: a fake Consul agent on each witness host, the three
+//!   serving one catalog that follows the sites' deaths and cut-offs, and
+//!   lies on demand;
 //! - [`lease`]: a lease client speaking the Witness service as an agent
 //!   would.
 //!
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 
 pub mod agents;
 pub mod bgp;
+pub mod consul;
 pub mod lease;
 pub mod netcluster;
 

@@ -143,6 +143,19 @@ impl Drop for HostService {
     }
 }
 
+/// What a deployment adds to a [`NetCluster`] once its hosts exist and
+/// before its witnesses start.
+pub struct Setup {
+    /// The cluster policy's text.
+    pub policy: String,
+    /// TOML appended to each witness's node file, by witness id (e.g. its
+    /// `[consul]` table).
+    pub node_toml: BTreeMap<u64, String>,
+    /// Extra environment of witness `id`'s process, kept across its
+    /// restarts (e.g. a [`SkewedClock`](crate::SkewedClock)'s).
+    pub env: BTreeMap<u64, Vec<(&'static str, String)>>,
+}
+
 /// Three witnesses, four site services and an operator host in namespaces.
 /// Fields drop in order: processes, services, faults, namespaces, files.
 pub struct NetCluster {
@@ -190,18 +203,21 @@ impl NetCluster {
         more: &[(&str, Option<&str>)],
         policy: impl FnOnce(&NetCluster) -> String,
     ) -> Option<NetCluster> {
-        NetCluster::start_with_env(tag, octet, more, policy, BTreeMap::new())
+        NetCluster::start_with_setup(tag, octet, more, |c| Setup {
+            policy: policy(c),
+            node_toml: BTreeMap::new(),
+            env: BTreeMap::new(),
+        })
     }
 
-    /// As [`start_with_policy`](Self::start_with_policy), with extra
-    /// environment variables for witness `id`'s process (kept across its
-    /// restarts), e.g. a [`SkewedClock`](crate::SkewedClock)'s.
-    pub fn start_with_env(
+    /// As [`start_with_policy`](Self::start_with_policy), with `setup`
+    /// also free to start what the witnesses will need in the hosts (e.g.
+    /// Consul agents) and to add to each witness's node file.
+    pub fn start_with_setup(
         tag: &str,
         octet: u8,
         more: &[(&str, Option<&str>)],
-        policy: impl FnOnce(&NetCluster) -> String,
-        env: BTreeMap<u64, Vec<(&'static str, String)>>,
+        setup: impl FnOnce(&NetCluster) -> Setup,
     ) -> Option<NetCluster> {
         if skipped() {
             return None;
@@ -226,7 +242,7 @@ impl NetCluster {
             net,
             dir: tempfile::tempdir().expect("temp dir"),
             policy: String::new(),
-            env,
+            env: BTreeMap::new(),
         };
         for (host, _, _, port) in SERVICES {
             let h = Host::from(host);
@@ -235,8 +251,10 @@ impl NetCluster {
             c.services
                 .insert(host.to_string(), HostService::start(&ns, addr));
         }
-        c.policy = policy(&c);
-        c.write_configs();
+        let setup = setup(&c);
+        c.policy = setup.policy;
+        c.env = setup.env;
+        c.write_configs(&setup.node_toml);
         c.init_and_start();
         c.wait_verdict("dc-a", 1, SETTLE);
         Some(c)
@@ -280,7 +298,7 @@ impl NetCluster {
         site_policy(consul_mode, extra, &sites)
     }
 
-    fn write_configs(&self) {
+    fn write_configs(&self, node_toml: &BTreeMap<u64, String>) {
         let mut peers = String::new();
         for (id, host, site) in WITNESSES {
             peers.push_str(&format!(
@@ -293,8 +311,9 @@ impl NetCluster {
             let toml = format!(
                 "[node]\nid = {id}\nname = \"{host}\"\nsite = \"{site}\"\ncluster = \"scenario\"\n\
                  listen = \"{ip}:{GRPC_PORT}\"\nhttp_listen = \"{ip}:{HTTP_PORT}\"\n\
-                 data_dir = \"{}\"\n\n{peers}",
-                self.dir.path().join(format!("data-{id}")).display()
+                 data_dir = \"{}\"\n\n{peers}{}",
+                self.dir.path().join(format!("data-{id}")).display(),
+                node_toml.get(&id).map_or("", String::as_str)
             );
             fs::write(self.config_path(id), toml).expect("write node config");
         }

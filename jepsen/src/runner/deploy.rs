@@ -16,7 +16,17 @@
 //! router    none   BIRD 2, AS 65000, peers with both proxies
 //! ```
 //!
-//! Consul: `mode = "ignore"` (no Consul stand-in in the namespaces yet).
+//! Active Replica is taken as caught up: each mailstore's fake Carbonio
+//! lists one account whose replica on it matches the other site's
+//! mailstore, so a failback to the home site passes its pre-flight and
+//! promotes.
+//!
+//! Consul: `mode = "corroborate"` (DESIGN.md §3.2: Consul may veto a
+//! "down", never make one). Each witness reads a fake Consul agent on its
+//! own host, `:8500` ([`ConsulLab`]); the three share one catalog that
+//! shows each data site's mailstore and proxy, failed while the site is
+//! dead ([`Deployment::kill_site`]) or cut off (the `partition-site`
+//! nemesis), and whatever the `consul-lies` nemesis makes it say.
 //!
 //! Clocks: a process named in the deployment's rates (a witness by its
 //! host, an agent by its name) runs on a [`SkewedClock`] at that rate from
@@ -24,15 +34,9 @@
 //! nemesis's. An agent's logged times are mapped back to the kernel's
 //! clock ([`Deployment::real_boot_ms`]) before they enter the history.
 //!
-//! Replication: each mailstore's fake Carbonio CLI answers
-//! `getAccountStatus` with an account of the other site whose replica on
-//! this mailstore has caught up, so a move back to the home site passes
-//! its `preflight` and runs its `promote`, as on a healthy Active Replica
-//! pair.
-//!
 //! Fields drop in order: agents (killed and reaped), fenced services,
-//! watchdogs, BIRDs, the agents' files, then the cluster (witnesses,
-//! faults healed, namespaces removed).
+//! watchdogs, BIRDs, the agents' files, the Consul agents, then the
+//! cluster (witnesses, faults healed, namespaces removed).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -42,7 +46,8 @@ use std::sync::Arc;
 use super::service::{FencedService, SERVE_PORT};
 use crate::lab::agents::{AgentLab, AgentProc, AgentSpec, FakeWatchdog};
 use crate::lab::bgp::{BgpLab, ROUTER};
-use crate::lab::netcluster::NetCluster;
+use crate::lab::consul::ConsulLab;
+use crate::lab::netcluster::{NetCluster, Setup};
 use crate::{Host, SkewedClock};
 
 /// The agents: (name, host, site, role, witness ids in the order tried).
@@ -58,6 +63,24 @@ pub const AGENTS: [(&str, &str, &str, &str, [u64; 3]); 4] = [
 /// bounded as in the agent tests.
 pub const EXTRA_POLICY: &str = "[failover]\nmin_failover_interval = \"5s\"\n\
      [directives]\nclaim_ttl = \"3s\"\nmax_attempts = 5\n";
+
+/// `getAccountStatus` output (the fake Carbonio prints it) for one account
+/// of `source` whose replica on `destination` has caught up: the lab has no
+/// mail to replicate, so Active Replica is always complete and a failback's
+/// pre-flight passes (DESIGN.md §3.7).
+fn replicas_caught_up(source: &str, destination: &str) -> String {
+    serde_json::json!({"response": {"values": [{
+        "accountId": "id-1", "accountName": "alice@example.test",
+        "accountMailHost": source, "paused": false, "mailboxId": 7,
+        "sequence": 1200, "itemId": 345,
+        "replicas": [{
+            "accountId": "id-1", "itemId": 345, "sequence": 1200,
+            "mailboxId": 9, "destination": destination, "available": true,
+            "priority": 10, "canConnectToKafka": true
+        }]
+    }]}})
+    .to_string()
+}
 
 /// One agent: what to start it with, and the process when it runs.
 pub struct AgentSlot {
@@ -82,6 +105,7 @@ pub struct Deployment {
     pub clocks: BTreeMap<String, SkewedClock>,
     pub bgp: BgpLab,
     pub lab: AgentLab,
+    pub consul: ConsulLab,
     pub cluster: NetCluster,
     /// The clocks' control files.
     _clock_dir: tempfile::TempDir,
@@ -110,34 +134,42 @@ impl Deployment {
                 Err(e) => panic!("the clock of {name}: {e}"),
             }
         }
-        let witness_env = crate::lab::netcluster::WITNESSES
+        let env = crate::lab::netcluster::WITNESSES
             .iter()
             .filter_map(|(id, host, _)| clocks.get(*host).map(|c: &SkewedClock| (*id, c.env())))
             .collect();
-        let cluster = NetCluster::start_with_env(
-            tag,
-            octet,
-            &[(ROUTER, None)],
-            |c| {
-                // Each site names its mail host, so an Activate carries the
-                // promotion of the lost site's accounts (the mailstore agents'
-                // `[carbonio] mail_host` is `mbox.<site>.test`).
-                let mut p = c.policy_toml("ignore", EXTRA_POLICY, false);
-                for site in ["dc-a", "dc-b"] {
-                    for active in ["true", "false"] {
-                        p = p.replace(
-                            &format!("name = \"{site}\"\nactive = {active}\n"),
-                            &format!(
-                                "name = \"{site}\"\nactive = {active}\n\
+        let mut consul = None;
+        let cluster = NetCluster::start_with_setup(tag, octet, &[(ROUTER, None)], |c| {
+            // The Consul agents listen before any witness reads them.
+            let agents = ConsulLab::start(c).expect("start the Consul agents");
+            let node_toml = (1..=3).map(|id| (id, agents.node_toml(id))).collect();
+            consul = Some(agents);
+            let mut p = c.policy_toml("corroborate", EXTRA_POLICY, true).replace(
+                "[consul]\nmode = \"corroborate\"\n",
+                "[consul]\nmode = \"corroborate\"\n\
+                     server_sites = [\"dc-a\", \"dc-b\", \"dc-c\"]\n",
+            );
+            // Each site names its mail host, so an Activate carries the
+            // promotion of the lost site's accounts (the mailstore agents'
+            // `[carbonio] mail_host` is `mbox.<site>.test`).
+            for site in ["dc-a", "dc-b"] {
+                for active in ["true", "false"] {
+                    p = p.replace(
+                        &format!("name = \"{site}\"\nactive = {active}\n"),
+                        &format!(
+                            "name = \"{site}\"\nactive = {active}\n\
                              mail_hosts = [\"mbox.{site}.test\"]\n"
-                            ),
-                        );
-                    }
+                        ),
+                    );
                 }
-                p
-            },
-            witness_env,
-        )?;
+            }
+            Setup {
+                policy: p,
+                node_toml,
+                env,
+            }
+        })?;
+        let consul = consul.expect("started with the cluster");
         let bgp = BgpLab::start_on(&cluster.net);
         let lab = AgentLab::new(&crate::lab::fake_carbonio_bin().display().to_string());
         let mut d = Deployment {
@@ -149,6 +181,7 @@ impl Deployment {
             clocks,
             bgp,
             lab,
+            consul,
             cluster,
             _clock_dir: clock_dir,
         };
@@ -172,16 +205,21 @@ impl Deployment {
                 );
             if role == "proxy" {
                 spec = spec.bgp(&d.bgp.bgp_toml(host));
-            } else {
-                let status = d.lab.path(&format!("{name}.account-status.json"));
-                std::fs::write(&status, caught_up_status(site, &peer_site(site)))
-                    .expect("write the account status");
-                spec = spec.env("FAKE_CARBONIO_STATUS_FILE", &status.display().to_string());
             }
             if let Some(c) = d.clocks.get(name) {
                 for (k, v) in c.env() {
                     spec = spec.env(k, &v);
                 }
+            }
+            if role == "mailstore" {
+                let other = if site == "dc-a" { "dc-b" } else { "dc-a" };
+                let status = d.lab.path(&format!("{name}.account-status.json"));
+                std::fs::write(
+                    &status,
+                    replicas_caught_up(&format!("mbox.{other}.test"), &format!("mbox.{site}.test")),
+                )
+                .expect("write the fake Carbonio's account status");
+                spec = spec.env("FAKE_CARBONIO_STATUS_FILE", &status.display().to_string());
             }
             d.watchdogs.insert(name.to_string(), watchdog);
             d.services.insert(host.to_string(), svc);
@@ -243,8 +281,9 @@ impl Deployment {
     }
 
     /// The site's machines die: health listeners, fenced services and
-    /// agents all stop.
+    /// agents all stop, and Consul's servers see their nodes fail.
     pub fn kill_site(&mut self, site: &str) {
+        self.consul.machines_died(site);
         self.cluster.kill_site(site);
         for (name, host, s, role, _) in AGENTS {
             if s == site {
@@ -274,9 +313,11 @@ impl Deployment {
         }
     }
 
-    /// The site's machines come back: services, then agents.
+    /// The site's machines come back: services (and their Consul nodes),
+    /// then agents.
     pub fn revive_site(&mut self, site: &str) {
         self.cluster.revive_site(site);
+        self.consul.machines_back(site);
         for (name, host, s, role, _) in AGENTS {
             if s == site {
                 if let Some(svc) = self.services.get_mut(host)
@@ -318,34 +359,4 @@ impl Deployment {
             })
             .collect()
     }
-}
-
-/// The other data site.
-fn peer_site(site: &str) -> String {
-    if site == "dc-a" { "dc-b" } else { "dc-a" }.to_string()
-}
-
-/// `carbonio --json ha getAccountStatus` as a healthy Active Replica pair
-/// answers it on `site`'s mailstore: an account of `peer`'s mail host,
-/// replication running, its replica on this mailstore at the source's
-/// sequence and item.
-fn caught_up_status(site: &str, peer: &str) -> String {
-    serde_json::json!({
-        "response": {
-            "values": [{
-                "accountName": format!("user1@{peer}.test"),
-                "mailHost": format!("mbox.{peer}.test"),
-                "paused": false,
-                "sequence": 1200,
-                "itemId": 345,
-                "replicas": [{
-                    "destination": format!("mbox.{site}.test"),
-                    "available": true,
-                    "sequence": 1200,
-                    "itemId": 345,
-                }],
-            }],
-        },
-    })
-    .to_string()
 }

@@ -13,6 +13,7 @@
 //! | --- | --- | --- | --- |
 //! | `agent-ignores-lease-expiry` | a sabotaged agent never fences when its lease runs out | `partition-site` (the same) | `split_brain`: the cut-off site keeps serving after the other is activated |
 //! | `grant-without-read-index` | a sabotaged leader grants leases without confirming it still leads | `leader-with-site` (the same) | `split_brain`, and `leases` (`stale-grant`): the deposed leader keeps the old site's leases alive past the new activation |
+//! | `failover-on-consul-alone` | a sabotaged engine counts a site down when Consul says its services are critical, whatever its own probes say | `consul-lies` (the same) | `failover_cause`: a failover from a site whose services answered, with no fault but Consul's lie to explain it |
 //! | `clock-beyond` | dc-a's agents run at half speed, 50 × `max_drift` (the real binaries) | `clock-beyond` (`clock,partition-site`) | `split_brain`: dc-a's agents believe their lease lasts twice as long |
 //!
 //! The sabotaged binaries are the product built with the cargo feature
@@ -34,7 +35,7 @@ pub struct Experiment {
 }
 
 /// Every experiment, in order.
-pub const EXPERIMENTS: [Experiment; 3] = [
+pub const EXPERIMENTS: [Experiment; 4] = [
     Experiment {
         name: "agent-ignores-lease-expiry",
         sabotage: Some("agent-ignores-lease-expiry"),
@@ -47,6 +48,13 @@ pub const EXPERIMENTS: [Experiment; 3] = [
         sabotage: Some("grant-without-read-index"),
         nemesis: "leader-with-site",
         control: "leader-with-site",
+        seed: 2,
+    },
+    Experiment {
+        name: "failover-on-consul-alone",
+        sabotage: Some("failover-on-consul-alone"),
+        nemesis: "consul-lies",
+        control: "consul-lies",
         seed: 2,
     },
     Experiment {

@@ -20,6 +20,32 @@
 //! | `flapping` | the bridge partition switched on and off every 0.5–1.5 s |
 //! | `clock` | a forward jump of 0.5–3 s of every clock of one agent, or of one witness that is not the leader; on top, for the whole run, every witness's clock runs fast and every agent's slow, by up to 0.8 × `max_drift` |
 //! | `clock-beyond` | **expected to fail**: the agents of dc-a run at half speed (50 × `max_drift`) for the whole run; the fault cuts off the active site |
+//! | `consul-lies` | Consul lies about the active site (below); the truth restored at the end |
+//!
+//! `partition-site` also fails the cut-off site's nodes in Consul's view,
+//! as the server quorum outside it would ([`ConsulLab`](crate::lab::consul::ConsulLab)).
+//!
+//! # `consul-lies`
+//!
+//! The policy's `consul.mode` is `corroborate`: Consul may veto a "down"
+//! (a target whose service instance Consul reports fully passing is not
+//! down), never make one (DESIGN.md §3.2). The lies, each about the active
+//! site, named by the first word of the nemesis event's `detail`:
+//!
+//! | lie | what Consul says | truth | what the product must do |
+//! | --- | --- | --- | --- |
+//! | `services-critical` | the site's service checks critical | the services answer | nothing: Consul alone never makes a down |
+//! | `nodes-failed` | the site's nodes failed (`serfHealth` critical) | the machines run | nothing, likewise |
+//! | `passing-while-dead` | the site's nodes alive, every check passing | the site's machines died (as `site-death`) | no failover while the lie lasts: the veto is the product's promise in `corroborate` |
+//!
+//! The first two are what a build that trusted Consul's word would fail
+//! over on; the `failover_cause` checker calls any such failover a
+//! violation. The third is a real death, so a failover during it has a
+//! cause (`failover_cause` accepts it), yet the veto should hold it back;
+//! `liveness` does not demand a replacement for it (it keys on
+//! `site-death` only). Each lie is held as long as a site death (the worst
+//! case failover and more), so a build that acted on it would have done so
+//! in time to be seen.
 //!
 //! # Clocks
 //!
@@ -52,11 +78,12 @@ use rand::rngs::StdRng;
 
 use super::deploy::{AGENTS, Deployment};
 use crate::Host;
+use crate::lab::consul::{ConsulLab, Lie};
 use crate::lab::netcluster::{GRPC_PORT, NetCluster};
 use crate::nemesis::Latency;
 
 /// Every nemesis, in `test-all` order.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 17] = [
     "partition-site",
     "leader-with-site",
     "bridge",
@@ -73,6 +100,7 @@ pub const ALL: [&str; 16] = [
     "site-death",
     "flapping",
     "clock",
+    "consul-lies",
 ];
 
 /// The experiment beyond the protocol's assumptions, run only by name.
@@ -116,6 +144,14 @@ const BEYOND_RATE: f64 = 0.5;
 pub enum Active {
     /// iptables rules or proxies: healed by the nemesis.
     Net,
+    /// A site cut off: the network healed, then the site back in Consul's
+    /// view.
+    Partitioned(String),
+    /// Consul lies about `site`; `killed`: its machines died too.
+    ConsulLie {
+        site: String,
+        killed: bool,
+    },
     Killed(Vec<u64>),
     Paused(Vec<u64>),
     PausedAgent(String),
@@ -174,7 +210,8 @@ fn agreed_leader(d: &Deployment) -> Option<u64> {
     leader
 }
 
-/// Cut `site` off from every other host.
+/// Cut `site` off from every other host; Consul's quorum, outside it,
+/// sees its nodes fail (healed by [`Active::Partitioned`]).
 fn partition_site(d: &mut Deployment, site: &str) -> crate::Result<()> {
     let inside = d.cluster.site(site);
     let rest: Vec<Host> = d
@@ -184,42 +221,23 @@ fn partition_site(d: &mut Deployment, site: &str) -> crate::Result<()> {
         .into_iter()
         .filter(|h| !inside.contains(h))
         .collect();
-    d.cluster.nemesis.partition(vec![inside, rest])
+    d.cluster.nemesis.partition(vec![inside, rest])?;
+    d.consul.cut_off(site);
+    Ok(())
 }
 
-/// Start fault `kind`: its targets (for the history), a detail, and what to
-/// undo.
-pub fn start(
-    kind: &str,
-    d: &mut Deployment,
-    rng: &mut StdRng,
-) -> crate::Result<(Vec<String>, Option<String>, Active)> {
-    if kind == "clock" {
-        return jump_a_clock(d, rng);
-    }
-    if kind == "clock-beyond" {
-        let site = active_site(d).unwrap_or_else(|| "dc-a".into());
-        partition_site(d, &site)?;
-        let slow: Vec<String> = d
-            .clocks
-            .iter()
-            .filter(|(_, c)| c.rate() < 1.0 - MAX_DRIFT)
-            .map(|(n, c)| format!("{n} at {}×", c.rate()))
-            .collect();
-        let detail = format!(
-            "{site} cut off; clocks beyond max_drift {MAX_DRIFT}: {}",
-            slow.join(", ")
-        );
-        return Ok((vec![site], Some(detail), Active::Net));
-    }
-    start_other(kind, d, rng).map(|(t, a)| (t, None, a))
+/// A fault just started.
+pub struct Started {
+    /// What it hits, for the history.
+    pub targets: Vec<String>,
+    /// What exactly it does, when its kind does not say it all.
+    pub detail: Option<String>,
+    /// What its end must undo.
+    pub active: Active,
 }
 
 /// The `clock` fault: jump one agent's clocks, or one follower witness's.
-fn jump_a_clock(
-    d: &mut Deployment,
-    rng: &mut StdRng,
-) -> crate::Result<(Vec<String>, Option<String>, Active)> {
+fn jump_a_clock(d: &mut Deployment, rng: &mut StdRng) -> crate::Result<Started> {
     let mut candidates: Vec<String> = AGENTS
         .iter()
         .map(|a| a.0)
@@ -247,17 +265,42 @@ fn jump_a_clock(
         clock.rate(),
         clock.offset().as_secs_f64()
     );
-    Ok((vec![name], Some(detail), Active::Clock))
+    Ok(Started {
+        targets: vec![name],
+        detail: Some(detail),
+        active: Active::Clock,
+    })
 }
 
-/// Start one of the other faults.
-fn start_other(
-    kind: &str,
-    d: &mut Deployment,
-    rng: &mut StdRng,
-) -> crate::Result<(Vec<String>, Active)> {
+/// Start fault `kind`.
+pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<Started> {
+    if kind == "consul-lies" {
+        return Ok(consul_lies(d, rng));
+    }
+    if kind == "clock" {
+        return jump_a_clock(d, rng);
+    }
+    if kind == "clock-beyond" {
+        let site = active_site(d).unwrap_or_else(|| "dc-a".into());
+        partition_site(d, &site)?;
+        let slow: Vec<String> = d
+            .clocks
+            .iter()
+            .filter(|(_, c)| c.rate() < 1.0 - MAX_DRIFT)
+            .map(|(n, c)| format!("{n} at {}×", c.rate()))
+            .collect();
+        let detail = format!(
+            "{site} cut off; clocks beyond max_drift {MAX_DRIFT}: {}",
+            slow.join(", ")
+        );
+        return Ok(Started {
+            targets: vec![site.clone()],
+            detail: Some(detail),
+            active: Active::Partitioned(site),
+        });
+    }
     let hosts = |site: &str, d: &Deployment| d.cluster.site(site);
-    Ok(match kind {
+    let (targets, active) = match kind {
         "partition-site" => {
             let active = active_site(d).unwrap_or_else(|| "dc-a".into());
             let site = if rng.random_bool(0.7) {
@@ -266,7 +309,7 @@ fn start_other(
                 other_site(&active)
             };
             partition_site(d, &site)?;
-            (vec![site], Active::Net)
+            (vec![site.clone()], Active::Partitioned(site))
         }
         "leader-with-site" => {
             let l = leader(d, rng);
@@ -285,7 +328,11 @@ fn start_other(
                 .filter(|h| !inside.contains(h))
                 .collect();
             d.cluster.nemesis.partition(vec![inside, rest])?;
-            (vec![witness_name(l), site], Active::Net)
+            d.consul.cut_off(&site);
+            (
+                vec![witness_name(l), site.clone()],
+                Active::Partitioned(site),
+            )
         }
         "bridge" => {
             let groups = vec![hosts("dc-a", d), hosts("dc-b", d)];
@@ -392,7 +439,54 @@ fn start_other(
                 EXPECTED_FAILURES.join(", ")
             )));
         }
+    };
+    Ok(Started {
+        targets,
+        detail: None,
+        active,
     })
+}
+
+/// `consul-lies`: one of the lies of the module doc about the active site,
+/// the alive-site lies twice as often as the dead-site one.
+fn consul_lies(d: &mut Deployment, rng: &mut StdRng) -> Started {
+    let site = active_site(d).unwrap_or_else(|| "dc-a".into());
+    let nodes: Vec<String> = ConsulLab::machines(&site)
+        .iter()
+        .map(|(node, service)| format!("{service} on {node}"))
+        .collect();
+    let nodes = nodes.join(", ");
+    let (lie, detail) = match rng.random_range(0..5) {
+        0 | 1 => (
+            Lie::ServicesCritical(site.clone()),
+            format!(
+                "services-critical: Consul reports {site}'s services ({nodes}) critical while \
+                 they answer"
+            ),
+        ),
+        2 | 3 => (
+            Lie::NodesFailed(site.clone()),
+            format!("nodes-failed: Consul reports {site}'s nodes ({nodes}) failed while they run"),
+        ),
+        _ => (
+            Lie::Passing(site.clone()),
+            format!(
+                "passing-while-dead: {site}'s machines die while Consul reports them ({nodes}) \
+                 alive and passing"
+            ),
+        ),
+    };
+    let killed = matches!(lie, Lie::Passing(_));
+    // The lie first: Consul never tells the truth about this death.
+    d.consul.lie(lie);
+    if killed {
+        d.kill_site(&site);
+    }
+    Started {
+        targets: vec![site.clone()],
+        detail: Some(detail),
+        active: Active::ConsulLie { site, killed },
+    }
 }
 
 /// While a fault is held: flapping toggles its partition; the rest wait.
@@ -423,6 +517,18 @@ pub fn stop(active: Active, d: &mut Deployment) {
                 eprintln!("jepsen: heal: {e}");
             }
         }
+        Active::Partitioned(site) => {
+            if let Err(e) = d.cluster.nemesis.heal() {
+                eprintln!("jepsen: heal: {e}");
+            }
+            d.consul.reconnected(&site);
+        }
+        Active::ConsulLie { site, killed } => {
+            if killed {
+                d.revive_site(&site);
+            }
+            d.consul.truth();
+        }
         Active::Killed(ids) => {
             for id in ids {
                 d.cluster.restart(id);
@@ -439,11 +545,13 @@ pub fn stop(active: Active, d: &mut Deployment) {
 }
 
 /// Undo anything that may still be in force, whatever happened: heal the
-/// network, resume and restart every witness and agent, revive both sites.
+/// network, make Consul tell the truth, resume and restart every witness
+/// and agent, revive both sites.
 pub fn heal_all(d: &mut Deployment) {
     if let Err(e) = d.cluster.nemesis.heal() {
         eprintln!("jepsen: heal: {e}");
     }
+    d.consul.heal();
     for id in 1..=3 {
         d.cluster.resume(id);
         if !d.cluster.is_running(id) {

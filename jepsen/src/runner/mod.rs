@@ -10,9 +10,9 @@
 //! 2. **faults**: for `--time-limit` seconds, and at least until each of
 //!    the nemeses has run once, one fault at a time, drawn with the seeded
 //!    RNG from a shuffled bag of the nemeses (each runs before any
-//!    repeats), held 3–8 s (a site death long enough for a failover),
-//!    healed, then a gap in which the operator may act (a failover, or a
-//!    freeze followed by an unfreeze);
+//!    repeats), held 3–8 s (a site death or a Consul lie long enough for a
+//!    failover), healed, then a gap in which the operator may act (a
+//!    failover, or a freeze followed by an unfreeze);
 //! 3. **heal**: everything undone (network healed, processes resumed and
 //!    restarted, dead sites revived);
 //! 4. **recover**: the workload alone again;
@@ -327,8 +327,9 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
         };
         unseen.remove(&kind);
         // Anti-flap (min_failover_interval, 5 s here) must not delay the
-        // failover a site death calls for.
-        if kind == "site-death"
+        // failover a site death calls for, nor hide the one a lying Consul
+        // might provoke.
+        if (kind == "site-death" || kind == "consul-lies")
             && let Some(t) = last_failover
         {
             let since = t.elapsed();
@@ -337,20 +338,21 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
             }
         }
         id += 1;
-        let (targets, detail, mut active) = match faults::start(&kind, &mut d, &mut rng) {
+        let faults::Started {
+            targets,
+            detail,
+            mut active,
+        } = match faults::start(&kind, &mut d, &mut rng) {
             Ok(x) => x,
             Err(e) => {
                 failure = Some(format!("nemesis {kind}: {e}"));
                 break;
             }
         };
-        eprintln!(
-            "jepsen: fault {id}: {kind} {targets:?}{}",
-            detail
-                .as_deref()
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default()
-        );
+        match &detail {
+            Some(detail) => eprintln!("jepsen: fault {id}: {kind} {targets:?}: {detail}"),
+            None => eprintln!("jepsen: fault {id}: {kind} {targets:?}"),
+        }
         record_deaths(&rec, &mut d);
         rec.record(&Event::Nemesis(NemesisEvent {
             t_ms: now_ms(),
@@ -360,7 +362,10 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
             id: Some(id),
             detail,
         }));
-        let hold = if kind == "site-death" {
+        // A site death, and a lie, last beyond the worst-case failover:
+        // long enough for the failover one calls for, and for the one the
+        // other must not cause.
+        let hold = if kind == "site-death" || kind == "consul-lies" {
             Duration::from_millis(worst.as_millis() as u64 + 4_000)
         } else {
             Duration::from_millis(rng.random_range(3_000..8_000))

@@ -697,6 +697,19 @@ impl FakeConsul {
         }
     }
 
+    /// Another agent of the same Consul cluster, serving on `listener`:
+    /// one state behind both, so every change is seen by both at once (a
+    /// real cluster's servers give every agent the same catalog). The
+    /// agents share one life: stopping or dropping any of them stops all.
+    pub fn also_on(&self, listener: TcpListener) -> io::Result<FakeConsul> {
+        let addr = listener.local_addr()?;
+        let listener = FaultyListener {
+            inner: listener,
+            shared: Arc::clone(&self.shared),
+        };
+        Ok(FakeConsul::launch(listener, addr, Arc::clone(&self.shared)))
+    }
+
     /// Serve `state` on a fresh `127.0.0.1` port.
     pub async fn loopback(state: FakeState) -> io::Result<FakeConsul> {
         FakeConsul::start(TcpListener::bind("127.0.0.1:0").await?, state)

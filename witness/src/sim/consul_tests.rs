@@ -484,3 +484,32 @@ async fn fake_control_api_scripts_the_state() {
     );
     fake.stop().await;
 }
+
+/// Two agents of one cluster serve one state: a node failed through either
+/// is failed at both, and stopping one stops both.
+#[tokio::test]
+async fn fake_agents_of_one_cluster_share_one_view() {
+    let first = carbonio().await;
+    let second = first
+        .also_on(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        )
+        .expect("second agent");
+    assert_ne!(first.addr(), second.addr());
+    second.update(|s| s.fail_node(MBOX1)).expect("fail mbox1");
+    for agent in [&first, &second] {
+        let critical = get(agent, "/v1/health/state/critical").await.body;
+        assert!(critical.contains(MBOX1), "{critical}");
+    }
+    assert_eq!(first.state(), second.state());
+    let addr = second.address();
+    first.stop().await;
+    let refused = client()
+        .get(format!("http://{addr}/v1/status/leader"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(refused.is_err(), "the second agent stopped with the first");
+}
