@@ -8,7 +8,7 @@
 //! | `bridge` | dc-a and dc-b cut from each other; dc-c, the router and ops see both |
 //! | `isolate-witness` | one random witness cut off from every host |
 //! | `isolate-leader` | the Raft leader cut off from every host |
-//! | `one-way` | the leader hears nobody (the other witnesses' packets to it dropped), but its own packets arrive |
+//! | `one-way` | half the time the leader hears nobody (the other witnesses' packets to it dropped) while its own packets arrive; half the time the reverse: it hears everyone, and nothing it sends arrives |
 //! | `kill-witness` | SIGKILL one random witness; restarted from its data dir at the end |
 //! | `kill-leader` | SIGKILL the leader; restarted at the end |
 //! | `kill-majority` | SIGKILL two witnesses (the leader and one other); restarted at the end |
@@ -280,6 +280,26 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
     if kind == "clock" {
         return jump_a_clock(d, rng);
     }
+    if kind == "one-way" {
+        let l = leader(d, rng);
+        let deaf = rng.random_bool(0.5);
+        for other in (1..=3).filter(|o| *o != l) {
+            let (from, to) = if deaf { (other, l) } else { (l, other) };
+            d.cluster
+                .nemesis
+                .one_way(&NetCluster::host(from), &NetCluster::host(to))?;
+        }
+        let detail = if deaf {
+            "the leader receives nothing from the other witnesses; its packets arrive"
+        } else {
+            "nothing the leader sends to the other witnesses arrives; it receives theirs"
+        };
+        return Ok(Started {
+            targets: vec![witness_name(l)],
+            detail: Some(detail.into()),
+            active: Active::Net,
+        });
+    }
     if kind == "clock-beyond" {
         let site = active_site(d).unwrap_or_else(|| "dc-a".into());
         partition_site(d, &site)?;
@@ -347,15 +367,6 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
             };
             d.cluster.nemesis.isolate(&NetCluster::host(id))?;
             (vec![witness_name(id)], Active::Net)
-        }
-        "one-way" => {
-            let l = leader(d, rng);
-            for other in (1..=3).filter(|o| *o != l) {
-                d.cluster
-                    .nemesis
-                    .one_way(&NetCluster::host(other), &NetCluster::host(l))?;
-            }
-            (vec![witness_name(l)], Active::Net)
         }
         "kill-witness" | "kill-leader" | "kill-majority" => {
             let l = leader(d, rng);
