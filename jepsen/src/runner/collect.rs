@@ -117,6 +117,35 @@ pub fn serving_log(
     out
 }
 
+/// Where an agent's own clock, as its serving log shows it, stepped back
+/// by more than 50 ms within one life of the process (a `starting` line
+/// begins a life): the product's clocks are monotonic, so only a broken
+/// clock injection can do that.
+pub fn clock_glitch(path: &Path) -> Option<String> {
+    let mut last: Option<f64> = None;
+    for (i, v) in lines(path).iter().enumerate() {
+        if v["state"] == "starting" {
+            last = None;
+        }
+        for key in ["sent_boottime_ms", "boottime_ms"] {
+            let Some(t) = num(&v[key]) else {
+                continue;
+            };
+            if let Some(prev) = last
+                && t < prev - 50.0
+            {
+                return Some(format!(
+                    "its clock read {t:.1} ms after {prev:.1} ms (line {} of {})",
+                    i + 1,
+                    path.display()
+                ));
+            }
+            last = Some(last.map_or(t, |p| p.max(t)));
+        }
+    }
+    None
+}
+
 /// Directive runs from one agent's fake Carbonio log; `best_effort` by
 /// directive id.
 pub fn carbonio_log(
@@ -311,6 +340,36 @@ mod tests {
         }
         let h = History::read(&path).expect("a valid history");
         assert_eq!(h.events, events);
+    }
+
+    /// A clock that steps back within one life is found; a restart (a
+    /// `starting` line) may start lower; small reorderings pass.
+    #[test]
+    fn clock_glitches_are_found() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.jsonl");
+        let write = |text: &str| std::fs::write(&path, text).expect("write");
+        write(concat!(
+            r#"{"boottime_ms":1000,"state":"starting"}"#,
+            "\n",
+            r#"{"event":"lease","boottime_ms":1010,"sent_boottime_ms":1005}"#,
+            "\n",
+            r#"{"boottime_ms":990,"state":"serving"}"#,
+            "\n",
+            r#"{"boottime_ms":500,"state":"starting"}"#,
+            "\n",
+            r#"{"boottime_ms":600,"state":"standby"}"#,
+            "\n",
+        ));
+        assert_eq!(clock_glitch(&path), None);
+        write(concat!(
+            r#"{"boottime_ms":1000,"state":"starting"}"#,
+            "\n",
+            r#"{"event":"lease","boottime_ms":3000,"sent_boottime_ms":4780}"#,
+            "\n",
+        ));
+        let g = clock_glitch(&path).expect("a glitch");
+        assert!(g.contains("3000.0 ms after 4780.0 ms"), "{g}");
     }
 
     /// The run directory's name is the UTC time.

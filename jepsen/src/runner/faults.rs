@@ -18,7 +18,7 @@
 //! | `latency` | 80 ms ± 40 ms added to every witness-to-witness connection, both ways |
 //! | `site-death` | the active site's machines die (health services, fenced services, agents); revived at the end |
 //! | `flapping` | the bridge partition switched on and off every 0.5–1.5 s |
-//! | `clock` | a forward jump of 0.5–3 s of every clock of one agent, or of one witness that is not the leader; on top, for the whole run, every witness's clock runs fast and every agent's slow, by up to 0.8 × `max_drift` |
+//! | `clock` | a forward jump of 0.5–3 s of every clock of one agent, or of one witness that is not the leader (stopped 1.2 s around the jump, see [`crate::nemesis::clock`]); on top, for the whole run, every witness's clock runs fast and every agent's slow, by up to 0.8 × `max_drift` |
 //! | `clock-beyond` | **expected to fail**: the agents of dc-a run at half speed (50 × `max_drift`) for the whole run; the fault cuts off the active site |
 //! | `consul-lies` | Consul lies about the active site (below); the truth restored at the end |
 //!
@@ -257,13 +257,32 @@ fn jump_a_clock(d: &mut Deployment, rng: &mut StdRng) -> crate::Result<Started> 
     }
     let name = candidates[rng.random_range(0..candidates.len())].clone();
     let by = Duration::from_millis(rng.random_range(500..3_000));
-    let clock = d.clocks.get_mut(&name).expect("a candidate has a clock");
-    clock.jump(by)?;
+    // Stopped around the jump, so it takes effect exactly at the resume
+    // (see crate::nemesis::clock).
+    let witness = (1..=3).find(|id| witness_name(*id) == name);
+    match witness {
+        Some(id) => d.cluster.pause(id),
+        None => d.pause_agent(&name),
+    }
+    std::thread::sleep(crate::SkewedClock::SETTLE);
+    let jumped = d
+        .clocks
+        .get_mut(&name)
+        .expect("a candidate has a clock")
+        .jump(by);
+    match witness {
+        Some(id) => d.cluster.resume(id),
+        None => d.resume_agent(&name),
+    }
+    jumped?;
+    let clock = &d.clocks[&name];
     let detail = format!(
-        "{name}'s clocks jumped {:.3} s forward (rate {:.4}×, {:.3} s ahead in all)",
+        "{name}'s clocks jumped {:.3} s forward (rate {:.4}×, {:.3} s ahead in all; stopped \
+         {:.1} s around the jump)",
         by.as_secs_f64(),
         clock.rate(),
-        clock.offset().as_secs_f64()
+        clock.offset().as_secs_f64(),
+        crate::SkewedClock::SETTLE.as_secs_f64()
     );
     Ok(Started {
         targets: vec![name],
