@@ -153,11 +153,44 @@ pub fn analyze(dir: &Path) -> Result<Results, AnalyzeError> {
     let (logs, mut notes) = read_logs(dir, &history.meta.logs);
     let mut results = Results::compute(&history, &logs);
     results.notes.append(&mut notes);
+    let glitches = clock_glitches(dir);
+    if !glitches.is_empty() {
+        // The injected clock itself misbehaved: what the checkers say is
+        // not about the product.
+        results.notes.push(format!(
+            "an agent's clock stepped back, which only the clock injection (libfaketime) can \
+             do, so this run cannot be judged: {}",
+            glitches.join("; ")
+        ));
+        results.valid = Valid::Unknown;
+    }
     let json = serde_json::to_string_pretty(&results).unwrap_or_default();
     write(&dir.join("results.json"), &json)?;
     let html = crate::report::render(&history, &results);
     write(&dir.join("timeline.html"), &html)?;
     Ok(results)
+}
+
+/// [`clock_glitch`](crate::runner::collect::clock_glitch) of every agent
+/// serving log under `dir/logs/` (`agent-<name>.state.jsonl`).
+fn clock_glitches(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir.join("logs")) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("agent-") && n.ends_with(".state.jsonl"))
+        })
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .filter_map(|p| crate::runner::collect::clock_glitch(p))
+        .collect()
 }
 
 fn write(path: &Path, text: &str) -> Result<(), AnalyzeError> {

@@ -119,29 +119,32 @@ pub fn serving_log(
 
 /// Where an agent's own clock, as its serving log shows it, stepped back
 /// by more than 50 ms within one life of the process (a `starting` line
-/// begins a life): the product's clocks are monotonic, so only a broken
-/// clock injection can do that.
+/// begins a life), or a grant arrived before its request was sent: the
+/// product's clocks are monotonic, so only a broken clock injection can do
+/// that. (A request's send time may precede earlier lines: a grant that
+/// arrives after the agent fenced was asked for before.)
 pub fn clock_glitch(path: &Path) -> Option<String> {
     let mut last: Option<f64> = None;
     for (i, v) in lines(path).iter().enumerate() {
         if v["state"] == "starting" {
             last = None;
         }
-        for key in ["sent_boottime_ms", "boottime_ms"] {
-            let Some(t) = num(&v[key]) else {
-                continue;
-            };
-            if let Some(prev) = last
-                && t < prev - 50.0
-            {
-                return Some(format!(
-                    "its clock read {t:.1} ms after {prev:.1} ms (line {} of {})",
-                    i + 1,
-                    path.display()
-                ));
+        let Some(t) = num(&v["boottime_ms"]) else {
+            continue;
+        };
+        let back = match (last, num(&v["sent_boottime_ms"])) {
+            (_, Some(sent)) if sent > t + 50.0 => Some(format!(
+                "a grant arrived at {t:.1} ms, before its request was sent at {sent:.1} ms"
+            )),
+            (Some(prev), _) if t < prev - 50.0 => {
+                Some(format!("its clock read {t:.1} ms after {prev:.1} ms"))
             }
-            last = Some(last.map_or(t, |p| p.max(t)));
+            _ => None,
+        };
+        if let Some(what) = back {
+            return Some(format!("{what} (line {} of {})", i + 1, path.display()));
         }
+        last = Some(last.map_or(t, |p| p.max(t)));
     }
     None
 }
@@ -342,8 +345,9 @@ mod tests {
         assert_eq!(h.events, events);
     }
 
-    /// A clock that steps back within one life is found; a restart (a
-    /// `starting` line) may start lower; small reorderings pass.
+    /// A clock that steps back within one life, or a grant before its
+    /// request, is found; a restart (a `starting` line) may start lower; a
+    /// request sent before earlier lines passes.
     #[test]
     fn clock_glitches_are_found() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -369,7 +373,17 @@ mod tests {
             "\n",
         ));
         let g = clock_glitch(&path).expect("a glitch");
-        assert!(g.contains("3000.0 ms after 4780.0 ms"), "{g}");
+        assert!(g.contains("arrived at 3000.0 ms, before"), "{g}");
+        write(concat!(
+            r#"{"boottime_ms":1000,"state":"starting"}"#,
+            "\n",
+            r#"{"boottime_ms":3000,"state":"standby"}"#,
+            "\n",
+            r#"{"boottime_ms":2900,"state":"serving"}"#,
+            "\n",
+        ));
+        let g = clock_glitch(&path).expect("a glitch");
+        assert!(g.contains("read 2900.0 ms after 3000.0 ms"), "{g}");
     }
 
     /// The run directory's name is the UTC time.
