@@ -429,6 +429,21 @@ impl NetCluster {
         }
     }
 
+    /// Replace witness `id`'s extra environment variables named in `env`,
+    /// from its next start on.
+    pub fn set_env(&mut self, id: u64, env: Vec<(&'static str, String)>) {
+        if let Some(p) = self.witnesses.get_mut(&id) {
+            for (k, v) in &env {
+                p.set_env(k, v);
+            }
+        }
+        let mine = self.env.entry(id).or_default();
+        for (k, v) in env {
+            mine.retain(|(old, _)| *old != k);
+            mine.push((k, v));
+        }
+    }
+
     /// Start witness `id` again from its data dir.
     pub fn restart(&mut self, id: u64) {
         if let Some(p) = self.witnesses.get_mut(&id) {

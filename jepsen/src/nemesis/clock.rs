@@ -1,37 +1,27 @@
-//! Clock faults: a process's clocks running fast or slow, and jumping
-//! forward, through libfaketime (`LD_PRELOAD`, Debian's `faketime`
-//! package).
+//! Clock faults: a process's clocks running fast or slow, and set forward,
+//! through libfaketime (`LD_PRELOAD`, Debian's `faketime` package).
 //!
 //! A [`SkewedClock`] is attached to a process when it is spawned
-//! ([`SkewedClock::apply`] adds the environment to its [`ProcSpec`]); from
-//! then on every clock the process reads through libc — `CLOCK_REALTIME`,
+//! ([`SkewedClock::apply`] or [`SkewedClock::env`]); from then on every
+//! clock the process reads through libc — `CLOCK_REALTIME`,
 //! `CLOCK_MONOTONIC` and `CLOCK_BOOTTIME`, so tokio's timers, `Instant` and
 //! the agent's lease deadlines alike — runs at `rate` times real time, and
 //! its sleeps are scaled to match, as on a machine whose oscillator is off.
 //! Other processes keep real time, so the drift is between processes, which
 //! is what the protocol must survive within `max_drift` (DESIGN.md §3.4).
 //!
-//! **Rate** is fixed when the process starts: libfaketime scales time from
-//! the process's start, so changing the rate later would move every clock
-//! by an amount that depends on the process's age, possibly backwards.
-//! A drift experiment therefore starts the process with its rate (or
-//! restarts it with a new one).
-//!
-//! **Jumps** change the offset at run time, through the control file that
-//! libfaketime re-reads at most once a second (`FAKETIME_CACHE_DURATION`).
-//! Re-reading it on every clock read (`FAKETIME_NO_CACHE`) is not safe in
-//! a multi-threaded process: threads parse the file into shared buffers at
-//! once, and some readings come back without the offset — a clock that
-//! steps back by the jump and forward again (measured here: 3,867 of 5.6
-//! million readings from 4 threads). So a jump is made with the process
-//! stopped ([`SkewedClock::jump`] says how): stop it, let a second pass so
-//! its cached spec is stale, jump, resume; its first reading after the
-//! resume fetches the new offset, and the jump's recorded time is exact.
-//! Only forward jumps exist: the kernel never moves a monotonic clock back,
-//! and a backward jump would test libfaketime, not the witness. A forward
-//! jump of the monotonic clocks looks to the process like a stall of that
-//! length, which the agent must detect and treat as one (its lease counts
-//! as spent).
+//! **Fixed at start.** The rate and the offset are given in the `FAKETIME`
+//! variable, which libfaketime parses once, when the process starts.
+//! libfaketime can also re-read a control file while the process runs, but
+//! not safely in a multi-threaded process: threads parse the file into
+//! shared buffers at once, and some readings come back without the offset,
+//! a clock that steps back and forward again (measured here: 3,867 of 5.6
+//! million readings from 4 threads re-reading on every call; with the file
+//! cached for a second, a real agent still read one clock 1.7 s back after
+//! a jump). Such a clock breaks the very assumption under test. So a
+//! [`jump`](SkewedClock::jump) moves the offset for the *next* start: the
+//! process is restarted with its clocks set forward, as a machine that
+//! rebooted with its clock ahead. Only forward offsets exist.
 //!
 //! **Reading a skewed process's timestamps back.** What such a process
 //! logs is on its own clock. libfaketime (0.9.10, Debian's) computes every
@@ -39,17 +29,15 @@
 //! `start + (now − start) × rate + offset` on the *real-time* clock, where
 //! `start` is when the library loaded into the process; a faked
 //! `CLOCK_BOOTTIME` therefore reads like Unix time. [`SkewedClock`] keeps
-//! what it needs to undo that ([`SkewedClock::started`] before each spawn,
-//! every jump with the real time it was made) and
-//! [`SkewedClock::real_boot_ms`] maps a logged value back to the kernel's
-//! `CLOCK_BOOTTIME`, the one clock the checkers judge on. The error is the
-//! spawn latency times `|rate − 1|`: microseconds.
+//! each start and its offset ([`SkewedClock::started`] before each spawn)
+//! and [`SkewedClock::real_boot_ms`] maps a logged value back to the
+//! kernel's `CLOCK_BOOTTIME`, the one clock the checkers judge on. The
+//! error is the spawn latency times `|rate − 1|`: microseconds.
 //!
 //! Needs `libfaketime.so.1` (`apt-get install -y faketime`); without it
 //! [`SkewedClock::new`] fails with that instruction.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ProcSpec;
@@ -61,9 +49,6 @@ fn unix_ms() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_micros() as f64 / 1000.0)
 }
-
-/// How long libfaketime keeps the control file's spec (seconds).
-const CACHE_SECS: u64 = 1;
 
 /// A faked clock value above this is on the real-time scale (Unix
 /// milliseconds, from 1973 on); below, on the boot-time scale.
@@ -92,55 +77,43 @@ pub fn libfaketime() -> Result<PathBuf> {
         })
 }
 
-/// One process's clock: a rate fixed at start and an offset that only
-/// grows.
+/// One process's clock: a rate, and an offset that only grows and takes
+/// effect at the process's next start.
 #[derive(Clone, Debug)]
 pub struct SkewedClock {
     lib: PathBuf,
-    control: PathBuf,
     rate: f64,
     offset: Duration,
-    /// Real Unix ms at which each process on this clock was spawned.
-    lives: Vec<f64>,
-    /// Each jump: real Unix ms when made, the total offset (ms) after it.
-    jumps: Vec<(f64, f64)>,
+    /// Each start of a process on this clock: real Unix ms, offset (ms).
+    lives: Vec<(f64, f64)>,
 }
 
 impl SkewedClock {
-    /// A clock running at `rate` (e.g. 1.005: 0.5 % fast) controlled
-    /// through the file `control` (written now).
-    pub fn new(control: &Path, rate: f64) -> Result<SkewedClock> {
-        SkewedClock::with_lib(libfaketime()?, control, rate)
+    /// A clock running at `rate` (e.g. 1.005: 0.5 % fast).
+    pub fn new(rate: f64) -> Result<SkewedClock> {
+        SkewedClock::with_lib(libfaketime()?, rate)
     }
 
     /// As [`SkewedClock::new`], with libfaketime at `lib`.
-    pub fn with_lib(lib: PathBuf, control: &Path, rate: f64) -> Result<SkewedClock> {
+    pub fn with_lib(lib: PathBuf, rate: f64) -> Result<SkewedClock> {
         if !(rate.is_finite() && rate > 0.0) {
             return Err(Error::InvalidSpec(format!(
                 "clock rate {rate} must be a positive number (1.0 is real time)"
             )));
         }
-        let clock = SkewedClock {
+        Ok(SkewedClock {
             lib,
-            control: control.to_path_buf(),
             rate,
             offset: Duration::ZERO,
             lives: Vec::new(),
-            jumps: Vec::new(),
-        };
-        clock.write()?;
-        Ok(clock)
+        })
     }
-
-    /// How long a process must have been stopped before a
-    /// [`jump`](Self::jump): past libfaketime's cache of the spec.
-    pub const SETTLE: Duration = Duration::from_millis(CACHE_SECS * 1000 + 200);
 
     pub fn rate(&self) -> f64 {
         self.rate
     }
 
-    /// How far ahead the clock has been jumped so far.
+    /// How far ahead the clock is set for the next start.
     pub fn offset(&self) -> Duration {
         self.offset
     }
@@ -156,42 +129,27 @@ impl SkewedClock {
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("LD_PRELOAD", self.lib.display().to_string()),
-            (
-                "FAKETIME_TIMESTAMP_FILE",
-                self.control.display().to_string(),
-            ),
-            // Re-read the control file on every clock read, so a jump
-            // takes effect at once.
-            ("FAKETIME_NO_CACHE", "1".into()),
+            ("FAKETIME", self.spec()),
             // Fake the monotonic clocks too: the lease clocks are those.
             ("FAKETIME_DONT_FAKE_MONOTONIC", "0".into()),
         ]
     }
 
-    /// A process on this clock is being spawned now: the start its
-    /// timestamps count from.
+    /// A process on this clock is being spawned now (with [`env`](Self::env)
+    /// as it is now): the start its timestamps count from.
     pub fn started(&mut self) {
-        self.lives.push(unix_ms());
-    }
-
-    /// Move every clock of the process forward by `by`, now. The process
-    /// must be stopped (SIGSTOP) for at least [`SkewedClock::SETTLE`]
-    /// before this and resumed after: then every reading it makes after
-    /// the resume has the new offset, and none before.
-    pub fn jump(&mut self, by: Duration) -> Result<()> {
-        self.offset += by;
-        self.jumps
+        self.lives
             .push((unix_ms(), self.offset.as_secs_f64() * 1000.0));
-        self.write()
     }
 
-    /// The offset (ms) in force at real Unix ms `at`.
-    fn offset_at(&self, at: f64) -> f64 {
-        self.jumps
-            .iter()
-            .rev()
-            .find(|(t, _)| *t <= at)
-            .map_or(0.0, |(_, o)| *o)
+    /// Set the clock `by` further ahead, from the process's next start.
+    pub fn jump(&mut self, by: Duration) {
+        self.offset += by;
+    }
+
+    /// libfaketime's spec: `+<offset>s x<rate>`.
+    fn spec(&self) -> String {
+        format!("+{:.3}s x{}", self.offset.as_secs_f64(), self.rate)
     }
 
     /// The kernel's `CLOCK_BOOTTIME` (ms) at which a process on this clock
@@ -205,43 +163,15 @@ impl SkewedClock {
         } else {
             fake_ms + unix_minus_boot_ms
         };
-        // The process that read it: the last one started before (its
-        // first reading is its start plus the offset then).
-        let start = *self
+        // The process that read it: the last one whose first reading (its
+        // start plus its offset) is not after it.
+        let (start, offset) = *self
             .lives
             .iter()
             .rev()
-            .find(|s| **s + self.offset_at(**s) <= f)
+            .find(|(s, o)| s + o <= f)
             .or(self.lives.first())?;
-        // The offset in force when it was read: the latest jump whose
-        // segment, undone, lands after the jump was made.
-        let mut segments: Vec<(f64, f64)> = vec![(start, self.offset_at(start))];
-        segments.extend(self.jumps.iter().filter(|(t, _)| *t > start).copied());
-        let real = segments
-            .iter()
-            .rev()
-            .map(|(from, off)| (from, start + (f - off - start) / self.rate))
-            .find(|(from, real)| real >= from)
-            .map_or(start + (f - start) / self.rate, |(_, real)| real);
-        Some(real - unix_minus_boot_ms)
-    }
-
-    /// libfaketime's spec: `+<offset>s x<rate>`.
-    fn spec(&self) -> String {
-        format!("+{:.3}s x{}", self.offset.as_secs_f64(), self.rate)
-    }
-
-    fn write(&self) -> Result<()> {
-        // Written whole and renamed, so a clock read never sees half a spec.
-        let tmp = self.control.with_extension("tmp");
-        fs::write(&tmp, format!("{}\n", self.spec()))
-            .and_then(|()| fs::rename(&tmp, &self.control))
-            .map_err(|e| {
-                Error::InvalidSpec(format!(
-                    "cannot write the clock control file {}: {e}",
-                    self.control.display()
-                ))
-            })
+        Some(start + (f - offset - start) / self.rate - unix_minus_boot_ms)
     }
 }
 
@@ -249,54 +179,48 @@ impl SkewedClock {
 mod tests {
     use super::*;
 
-    /// The control file holds libfaketime's spec; jumps only add; a rate
-    /// that is not a positive number is refused.
+    /// The environment carries libfaketime's spec; jumps only add, for the
+    /// next start; a rate that is not a positive number is refused.
     #[test]
     fn spec_and_jumps() {
-        let dir = std::env::temp_dir().join(format!("clock-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("w1.faketime");
         let lib = PathBuf::from("/lib/faketime.so");
-        let mut c = SkewedClock::with_lib(lib.clone(), &file, 1.005).expect("clock");
-        assert_eq!(fs::read_to_string(&file).expect("read"), "+0.000s x1.005\n");
-        c.jump(Duration::from_millis(2500)).expect("jump");
-        c.jump(Duration::from_secs(1)).expect("jump");
-        assert_eq!(fs::read_to_string(&file).expect("read"), "+3.500s x1.005\n");
+        let mut c = SkewedClock::with_lib(lib.clone(), 1.005).expect("clock");
+        let spec = |c: &SkewedClock| {
+            c.env()
+                .into_iter()
+                .find(|(k, _)| *k == "FAKETIME")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(spec(&c).as_deref(), Some("+0.000s x1.005"));
+        c.jump(Duration::from_millis(2500));
+        c.jump(Duration::from_secs(1));
+        assert_eq!(spec(&c).as_deref(), Some("+3.500s x1.005"));
         assert_eq!(c.offset(), Duration::from_millis(3500));
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-            assert!(
-                SkewedClock::with_lib(lib.clone(), &file, bad).is_err(),
-                "{bad}"
-            );
+            assert!(SkewedClock::with_lib(lib.clone(), bad).is_err(), "{bad}");
         }
-        let _ = fs::remove_dir_all(&dir);
     }
 
     /// Faked readings map back to the real instants they were read at:
-    /// through the rate, a jump, a restart, and on both scales.
+    /// through the rate, across a restart with the clock set ahead, and on
+    /// both scales.
     #[test]
     fn readings_map_back_to_real_time() {
-        let dir = tempfile::tempdir().expect("dir");
         let lib = PathBuf::from("/lib/faketime.so");
-        let mut c = SkewedClock::with_lib(lib, &dir.path().join("c"), 0.5).expect("clock");
+        let mut c = SkewedClock::with_lib(lib, 0.5).expect("clock");
         assert_eq!(c.real_boot_ms(5.0, 0.0), None, "nothing started yet");
         // Unix ms are about 1.8e12 today; boot ms far fewer.
         let u = 1_790_000_000_000.0;
         let boot = u - 50_000_000.0; // unix − boot
-        // A process started at real unix u+10 s, jumps of +2 s at u+20 s
-        // and +1 s more at u+30 s, a restart at u+40 s.
-        c.lives.push(u + 10_000.0);
-        c.jumps.push((u + 20_000.0, 2_000.0));
-        c.jumps.push((u + 30_000.0, 3_000.0));
-        c.lives.push(u + 40_000.0);
+        // A process started at u+10 s with no offset; restarted at u+40 s
+        // with its clock 3 s ahead.
+        c.lives.push((u + 10_000.0, 0.0));
+        c.lives.push((u + 40_000.0, 3_000.0));
         // fake = start + (real − start) × 0.5 + offset
         let cases = [
             (10_000.0, 10_000.0),
             (14_000.0, 18_000.0),
-            (15_000.0 + 2_000.0, 20_000.0),
-            (17_000.0 + 2_000.0, 24_000.0),
-            (20_000.0 + 3_000.0, 30_000.0),
-            (21_000.0 + 3_000.0, 32_000.0),
+            (25_000.0, 40_000.0),
             (40_000.0 + 3_000.0, 40_000.0),
             (42_000.0 + 3_000.0, 44_000.0),
         ];

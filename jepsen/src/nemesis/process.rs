@@ -183,6 +183,12 @@ impl Proc {
     }
 
     /// The spec it was started from.
+    /// Set environment variable `key` to `value` from the next start on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.spec.env.retain(|(k, _)| k != key);
+        self.spec.env.push((key.into(), value.into()));
+    }
+
     pub fn spec(&self) -> &ProcSpec {
         &self.spec
     }

@@ -30,9 +30,10 @@
 //!
 //! Clocks: a process named in the deployment's rates (a witness by its
 //! host, an agent by its name) runs on a [`SkewedClock`] at that rate from
-//! its first start, restarts included; its jumps are the `clock`
-//! nemesis's. An agent's logged times are mapped back to the kernel's
-//! clock ([`Deployment::real_boot_ms`]) before they enter the history.
+//! its first start, restarts included ([`Deployment::restart_witness_ahead`]
+//! restarts a witness with its clock set forward). An agent's logged times
+//! are mapped back to the kernel's clock ([`Deployment::real_boot_ms`])
+//! before they enter the history.
 //!
 //! Fields drop in order: agents (killed and reaped), fenced services,
 //! watchdogs, BIRDs, the agents' files, the Consul agents, then the
@@ -107,8 +108,6 @@ pub struct Deployment {
     pub lab: AgentLab,
     pub consul: ConsulLab,
     pub cluster: NetCluster,
-    /// The clocks' control files.
-    _clock_dir: tempfile::TempDir,
 }
 
 impl Deployment {
@@ -123,11 +122,9 @@ impl Deployment {
         if crate::lab::bgp::skipped() {
             return None;
         }
-        let clock_dir = tempfile::tempdir().expect("temp dir");
         let mut clocks = BTreeMap::new();
         for (name, rate) in rates {
-            let file = clock_dir.path().join(format!("{name}.faketime"));
-            match SkewedClock::new(&file, *rate) {
+            match SkewedClock::new(*rate) {
                 Ok(c) => {
                     clocks.insert(name.clone(), c);
                 }
@@ -183,7 +180,6 @@ impl Deployment {
             lab,
             consul,
             cluster,
-            _clock_dir: clock_dir,
         };
         for (name, host, site, role, order) in AGENTS {
             let watchdog = Arc::new(FakeWatchdog::new(&d.lab.path(&format!("{name}.watchdog"))));
@@ -331,6 +327,21 @@ impl Deployment {
                 self.start_agent(name);
             }
         }
+    }
+
+    /// SIGKILL witness `id` (on host `host`, which has a skewed clock) and
+    /// start it again with its clock `by` further ahead: a machine that
+    /// rebooted with its clock set forward.
+    pub fn restart_witness_ahead(&mut self, id: u64, host: &str, by: std::time::Duration) {
+        let Some(clock) = self.clocks.get_mut(host) else {
+            return;
+        };
+        clock.jump(by);
+        clock.started();
+        let env = clock.env();
+        self.cluster.crash(id);
+        self.cluster.set_env(id, env);
+        self.cluster.restart(id);
     }
 
     /// The kernel's `CLOCK_BOOTTIME` (ms) of a time process `name` logged
