@@ -803,8 +803,7 @@ fn exec_runs_commands_inside_the_host() {
 /// A skewed clock reaches the process: at rate 4 its `sleep 2` is over
 /// in about half a second of real time (its sleeps run on its clock), and
 /// a process started after a jump of an hour reads its wall clock an hour
-/// ahead; a process
-/// without it keeps real time.
+/// ahead.
 #[test]
 fn skewed_clock_runs_fast_and_jumps_forward() {
     if skipped() {
