@@ -264,7 +264,7 @@ mod tests {
     use super::*;
     use crate::checker::Valid;
     use crate::checker::build::*;
-    use crate::history::{Ms, NemesisAction, NemesisEvent};
+    use crate::history::{Ms, NemesisAction};
 
     /// The test meta's worst case plus the slack.
     fn window() -> f64 {
@@ -295,17 +295,16 @@ mod tests {
 
     /// A fault from `t0` to `t1` with `detail`.
     fn fault(t0: Ms, t1: Ms, kind: &str, targets: &[&str], detail: Option<&str>) -> Vec<Event> {
-        let ev = |t, action| {
-            Event::Nemesis(NemesisEvent {
-                t_ms: t,
-                action,
-                kind: kind.to_string(),
-                targets: targets.iter().map(|s| s.to_string()).collect(),
-                id: None,
-                detail: detail.map(str::to_string),
+        [(t0, NemesisAction::Start), (t1, NemesisAction::Stop)]
+            .into_iter()
+            .map(|(t, action)| match nemesis(t, action, kind, targets) {
+                Event::Nemesis(mut n) => {
+                    n.detail = detail.map(str::to_string);
+                    Event::Nemesis(n)
+                }
+                other => other,
             })
-        };
-        vec![ev(t0, NemesisAction::Start), ev(t1, NemesisAction::Stop)]
+            .collect()
     }
 
     fn initial() -> Vec<Event> {

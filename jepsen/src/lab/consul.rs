@@ -47,7 +47,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddrV4, TcpListener};
 
-use witness::sim::consul::{AgentKind, CheckStatus, FakeAcl, FakeConsul, FakeState, Rights};
+use witness::sim::consul::{AgentKind, CheckStatus, FakeConsul, FakeState};
 
 use super::netcluster::{MAILSTORE_PORT, NetCluster, PROXY_PORT, WITNESSES};
 
@@ -159,15 +159,7 @@ impl ConsulLab {
             .enable_all()
             .build()
             .map_err(|e| crate::Error::io("a runtime for the Consul agents", e))?;
-        let mut state = FakeState {
-            acl: Some(FakeAcl {
-                // Carbonio's ACLs: deny by default, a read-all agent token.
-                default_policy: "deny".into(),
-                default_token: Rights::ReadAll,
-                tokens: BTreeMap::new(),
-            }),
-            ..FakeState::default()
-        };
+        let mut state = FakeState::carbonio_acl();
         let mut nodes = Vec::new();
         for (id, host, site) in WITNESSES {
             let ip = cluster.net.addr(&NetCluster::host(id))?;

@@ -337,7 +337,6 @@ impl Deployment {
             return;
         };
         clock.jump(by);
-        clock.started();
         let env = clock.env();
         self.cluster.crash(id);
         self.cluster.set_env(id, env);

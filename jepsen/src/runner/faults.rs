@@ -213,6 +213,12 @@ fn agreed_leader(d: &Deployment) -> Option<u64> {
 /// sees its nodes fail (healed by [`Active::Partitioned`]).
 fn partition_site(d: &mut Deployment, site: &str) -> crate::Result<()> {
     let inside = d.cluster.site(site);
+    cut_off(d, inside, site)
+}
+
+/// Cut the hosts `inside` (which hold `site`'s machines) off from every
+/// other host; Consul's quorum, outside, sees `site`'s nodes fail.
+fn cut_off(d: &mut Deployment, inside: Vec<Host>, site: &str) -> crate::Result<()> {
     let rest: Vec<Host> = d
         .cluster
         .net
@@ -223,6 +229,11 @@ fn partition_site(d: &mut Deployment, site: &str) -> crate::Result<()> {
     d.cluster.nemesis.partition(vec![inside, rest])?;
     d.consul.cut_off(site);
     Ok(())
+}
+
+/// The active site, or dc-a (the home site) when no witness answers.
+fn active_or_home(d: &Deployment) -> String {
+    active_site(d).unwrap_or_else(|| "dc-a".into())
 }
 
 /// A fault just started.
@@ -301,7 +312,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
         });
     }
     if kind == "clock-beyond" {
-        let site = active_site(d).unwrap_or_else(|| "dc-a".into());
+        let site = active_or_home(d);
         partition_site(d, &site)?;
         let slow: Vec<String> = d
             .clocks
@@ -322,7 +333,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
     let hosts = |site: &str, d: &Deployment| d.cluster.site(site);
     let (targets, active) = match kind {
         "partition-site" => {
-            let active = active_site(d).unwrap_or_else(|| "dc-a".into());
+            let active = active_or_home(d);
             let site = if rng.random_bool(0.7) {
                 active
             } else {
@@ -333,22 +344,14 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
         }
         "leader-with-site" => {
             let l = leader(d, rng);
-            let site = active_site(d).unwrap_or_else(|| "dc-a".into());
+            let site = active_or_home(d);
             let mut inside: Vec<Host> = AGENTS
                 .iter()
                 .filter(|a| a.2 == site)
                 .map(|a| Host::from(a.1))
                 .collect();
             inside.push(NetCluster::host(l));
-            let rest: Vec<Host> = d
-                .cluster
-                .net
-                .hosts()
-                .into_iter()
-                .filter(|h| !inside.contains(h))
-                .collect();
-            d.cluster.nemesis.partition(vec![inside, rest])?;
-            d.consul.cut_off(&site);
+            cut_off(d, inside, &site)?;
             (
                 vec![witness_name(l), site.clone()],
                 Active::Partitioned(site),
@@ -392,7 +395,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
             (vec![witness_name(l)], Active::Paused(vec![l]))
         }
         "pause-agent" => {
-            let site = active_site(d).unwrap_or_else(|| "dc-a".into());
+            let site = active_or_home(d);
             let names: Vec<&str> = AGENTS.iter().filter(|a| a.2 == site).map(|a| a.0).collect();
             let name = names[rng.random_range(0..names.len())].to_string();
             d.pause_agent(&name);
@@ -426,7 +429,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
         "site-death" => {
             // The active site, mostly: that is the death a failover must
             // answer; sometimes the standby, which must change nothing.
-            let active = active_site(d).unwrap_or_else(|| "dc-a".into());
+            let active = active_or_home(d);
             let site = if rng.random_bool(0.8) {
                 active
             } else {
@@ -461,7 +464,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
 /// `consul-lies`: one of the lies of the module doc about the active site,
 /// the alive-site lies twice as often as the dead-site one.
 fn consul_lies(d: &mut Deployment, rng: &mut StdRng) -> Started {
-    let site = active_site(d).unwrap_or_else(|| "dc-a".into());
+    let site = active_or_home(d);
     let nodes: Vec<String> = ConsulLab::machines(&site)
         .iter()
         .map(|(node, service)| format!("{service} on {node}"))

@@ -118,27 +118,10 @@ const LEASE_TTL_MS: u64 = 3_000;
 const MARGIN_MS: u64 = 1_000;
 const MAX_DRIFT: f64 = 0.01;
 
-/// Civil UTC time `YYYYmmddTHHMMSSZ` of `unix` seconds (no calendar crate
-/// for one directory name).
+/// Civil UTC time `YYYYmmddTHHMMSSZ` of `unix` seconds.
 pub(crate) fn stamp(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Howard Hinnant's days-from-civil inverse.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    let (y, m, d, h, mi, s) = witness_proto::civil_utc(unix);
+    format!("{y:04}{m:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 
 /// A fresh run directory `store/<name>/<time>` (with `-N` when taken).

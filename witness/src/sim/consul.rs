@@ -327,6 +327,19 @@ fn serf_check(alive: bool, index: u64) -> FakeCheck {
 }
 
 impl FakeState {
+    /// No nodes yet, with Carbonio's ACLs: `default_policy = deny` and a
+    /// read-all default token.
+    pub fn carbonio_acl() -> FakeState {
+        FakeState {
+            acl: Some(FakeAcl {
+                default_policy: "deny".into(),
+                default_token: Rights::ReadAll,
+                tokens: BTreeMap::new(),
+            }),
+            ..FakeState::default()
+        }
+    }
+
     /// Carbonio's documented layout (reference/consul-api.md §8,
     /// carbonio-ha.md §9): three servers (svc1, svc3 in the primary DC,
     /// svc2 in the secondary), two mailstores and two proxies, each with
@@ -335,14 +348,7 @@ impl FakeState {
     // `add_service` only fails for an unknown node; each follows its
     // `add_node`, so its result is ignored.
     pub fn carbonio() -> FakeState {
-        let mut state = FakeState {
-            acl: Some(FakeAcl {
-                default_policy: "deny".into(),
-                default_token: Rights::ReadAll,
-                tokens: BTreeMap::new(),
-            }),
-            ..FakeState::default()
-        };
+        let mut state = FakeState::carbonio_acl();
         for (host, ip) in [
             ("svc1", "10.66.64.7"),
             ("svc2", "10.66.64.11"),
