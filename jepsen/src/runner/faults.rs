@@ -25,6 +25,13 @@
 //! `partition-site` also fails the cut-off site's nodes in Consul's view,
 //! as the server quorum outside it would ([`ConsulLab`](crate::lab::consul::ConsulLab)).
 //!
+//! A fault that loses the active site (`partition-site` aimed at it,
+//! `leader-with-site`, `site-death`, `clock-beyond`) or lies about it
+//! (`consul-lies`) is held past the worst-case failover
+//! ([`Started::past_failover`]): the failover it calls for, or the one a
+//! broken build would make, happens while it lasts, every time. The others
+//! are held 3–8 s.
+//!
 //! # `consul-lies`
 //!
 //! The policy's `consul.mode` is `corroborate`: Consul may veto a "down"
@@ -244,6 +251,10 @@ pub struct Started {
     pub detail: Option<String>,
     /// What its end must undo.
     pub active: Active,
+    /// It calls for a failover (the active site lost) or provokes one a
+    /// correct build must refuse: held past the worst-case failover, so
+    /// the failover happens, or would have, while it lasts.
+    pub past_failover: bool,
 }
 
 /// The `clock` fault: a witness that every witness agrees is a follower
@@ -262,6 +273,7 @@ fn jump_a_clock(d: &mut Deployment, rng: &mut StdRng) -> crate::Result<Started> 
             targets: Vec::new(),
             detail: Some("no follower every witness agrees on: no clock moved".into()),
             active: Active::Clock,
+            past_failover: false,
         });
     }
     let id = candidates[rng.random_range(0..candidates.len())];
@@ -280,6 +292,7 @@ fn jump_a_clock(d: &mut Deployment, rng: &mut StdRng) -> crate::Result<Started> 
         targets: vec![host],
         detail: Some(detail),
         active: Active::Clock,
+        past_failover: false,
     })
 }
 
@@ -309,6 +322,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
             targets: vec![witness_name(l)],
             detail: Some(detail.into()),
             active: Active::Net,
+            past_failover: false,
         });
     }
     if kind == "clock-beyond" {
@@ -328,19 +342,20 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
             targets: vec![site.clone()],
             detail: Some(detail),
             active: Active::Partitioned(site),
+            past_failover: true,
         });
     }
     let hosts = |site: &str, d: &Deployment| d.cluster.site(site);
-    let (targets, active) = match kind {
+    let (targets, active, past_failover) = match kind {
         "partition-site" => {
             let active = active_or_home(d);
-            let site = if rng.random_bool(0.7) {
-                active
+            let (site, past) = if rng.random_bool(0.7) {
+                (active, true)
             } else {
-                other_site(&active)
+                (other_site(&active), false)
             };
             partition_site(d, &site)?;
-            (vec![site.clone()], Active::Partitioned(site))
+            (vec![site.clone()], Active::Partitioned(site), past)
         }
         "leader-with-site" => {
             let l = leader(d, rng);
@@ -355,12 +370,13 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
             (
                 vec![witness_name(l), site.clone()],
                 Active::Partitioned(site),
+                true,
             )
         }
         "bridge" => {
             let groups = vec![hosts("dc-a", d), hosts("dc-b", d)];
             d.cluster.nemesis.partition(groups)?;
-            (vec!["dc-a".into(), "dc-b".into()], Active::Net)
+            (vec!["dc-a".into(), "dc-b".into()], Active::Net, false)
         }
         "isolate-witness" | "isolate-leader" => {
             let id = if kind == "isolate-leader" {
@@ -369,7 +385,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
                 rng.random_range(1..=3)
             };
             d.cluster.nemesis.isolate(&NetCluster::host(id))?;
-            (vec![witness_name(id)], Active::Net)
+            (vec![witness_name(id)], Active::Net, false)
         }
         "kill-witness" | "kill-leader" | "kill-majority" => {
             let l = leader(d, rng);
@@ -387,19 +403,20 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
             (
                 ids.iter().map(|i| witness_name(*i)).collect(),
                 Active::Killed(ids),
+                false,
             )
         }
         "pause-leader" => {
             let l = leader(d, rng);
             d.cluster.pause(l);
-            (vec![witness_name(l)], Active::Paused(vec![l]))
+            (vec![witness_name(l)], Active::Paused(vec![l]), false)
         }
         "pause-agent" => {
             let site = active_or_home(d);
             let names: Vec<&str> = AGENTS.iter().filter(|a| a.2 == site).map(|a| a.0).collect();
             let name = names[rng.random_range(0..names.len())].to_string();
             d.pause_agent(&name);
-            (vec![name.clone()], Active::PausedAgent(name))
+            (vec![name.clone()], Active::PausedAgent(name), false)
         }
         "loss" => {
             let ws: Vec<Host> = (1..=3).map(NetCluster::host).collect();
@@ -407,6 +424,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
             (
                 ws.iter().map(|h| h.as_str().to_string()).collect(),
                 Active::Net,
+                false,
             )
         }
         "latency" => {
@@ -424,7 +442,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
                     )?;
                 }
             }
-            ((1..=3).map(witness_name).collect(), Active::Net)
+            ((1..=3).map(witness_name).collect(), Active::Net, false)
         }
         "site-death" => {
             // The active site, mostly: that is the death a failover must
@@ -436,7 +454,8 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
                 other_site(&active)
             };
             d.kill_site(&site);
-            (vec![site.clone()], Active::SiteDeath(site))
+            // The standby's death too: a failover it provoked would be seen.
+            (vec![site.clone()], Active::SiteDeath(site), true)
         }
         "flapping" => {
             let groups = vec![hosts("dc-a", d), hosts("dc-b", d)];
@@ -444,6 +463,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
             (
                 vec!["dc-a".into(), "dc-b".into()],
                 Active::Flapping { on: true },
+                false,
             )
         }
         other => {
@@ -458,6 +478,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
         targets,
         detail: None,
         active,
+        past_failover,
     })
 }
 
@@ -500,6 +521,7 @@ fn consul_lies(d: &mut Deployment, rng: &mut StdRng) -> Started {
         targets: vec![site.clone()],
         detail: Some(detail),
         active: Active::ConsulLie { site, killed },
+        past_failover: true,
     }
 }
 

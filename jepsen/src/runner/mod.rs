@@ -10,8 +10,8 @@
 //! 2. **faults**: for `--time-limit` seconds, and at least until each of
 //!    the nemeses has run once, one fault at a time, drawn with the seeded
 //!    RNG from a shuffled bag of the nemeses (each runs before any
-//!    repeats), held 3–8 s (a site death or a Consul lie long enough for a
-//!    failover), healed, then a gap in which the operator may act (a
+//!    repeats), held 3–8 s (a loss of the active site, a site death or a
+//!    Consul lie: past the worst-case failover), healed, then a gap in which the operator may act (a
 //!    failover, or a freeze followed by an unfreeze);
 //! 3. **heal**: everything undone (network healed, processes resumed and
 //!    restarted, dead sites revived);
@@ -325,6 +325,7 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
             targets,
             detail,
             mut active,
+            past_failover,
         } = match faults::start(&kind, &mut d, &mut rng) {
             Ok(x) => x,
             Err(e) => {
@@ -345,10 +346,10 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
             id: Some(id),
             detail,
         }));
-        // A site death, and a lie, last beyond the worst-case failover:
-        // long enough for the failover one calls for, and for the one the
-        // other must not cause.
-        let hold = if kind == "site-death" || kind == "consul-lies" {
+        // A loss of the active site, and a lie, last beyond the worst-case
+        // failover: long enough for the failover one calls for, and for the
+        // one the other must not cause.
+        let hold = if past_failover {
             Duration::from_millis(worst.as_millis() as u64 + 4_000)
         } else {
             Duration::from_millis(rng.random_range(3_000..8_000))
