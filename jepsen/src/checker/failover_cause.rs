@@ -10,13 +10,21 @@
 //!   carries no cause, actor `Auto` (`raw.by`). Operator failovers (cause
 //!   `operator`), the initial activation and failbacks (cause `failback`,
 //!   a return to a healthy home site) are not.
-//! - **Window**: such a failover, proposed at `t` (the decision's `t_ms`),
-//!   is valid only if a *cause* was in force at some instant of
-//!   `[t − W, t]`, with `W = worst_case_failover_ms + SLACK_MS`: detection,
-//!   lease wait and election all fit in the worst case, and the slack
-//!   covers observations that outlive a heal by a few probe rounds. A
-//!   fault that began after `t` (beyond [`CLOCK_TOLERANCE_MS`]) cannot
-//!   have caused it.
+//! - **When**: `t`, the first instant the harness saw the new epoch
+//!   committed (an ok read, a lease, an agent serving or running at it: all
+//!   on the kernel clock, all after the proposal). The decision's own time
+//!   is the proposing leader's wall clock, which a clock fault may have set
+//!   anywhere (a witness restarted with its clock ahead, a wall clock
+//!   stepped back); it is used only when nothing saw the epoch, and
+//!   otherwise only to reach further back: up to `W` before `t`, when it is
+//!   earlier than `t`.
+//! - **Window**: such a failover is valid only if a *cause* was in force
+//!   at some instant of `[t − W, t]` (extended back as above), with
+//!   `W = worst_case_failover_ms + SLACK_MS`: detection, lease wait and
+//!   election all fit in the worst case, and the slack covers observations
+//!   that outlive a heal by a few probe rounds and the time from the
+//!   proposal to its first sighting. A fault that began after `t` (beyond
+//!   [`CLOCK_TOLERANCE_MS`]) cannot have caused it.
 //! - **Causes**: the death of `from` (`site-death` of it, or the
 //!   `consul-lies` lie `passing-while-dead` about it: the machines really
 //!   died, only Consul denied it), `partition-site` of `from`, and every
@@ -34,13 +42,13 @@
 //! the old site's fenced services saw in the window (they answer only
 //! while serving), and the faults in force.
 
-use super::{Anomaly, CheckResult, Findings, secs};
+use super::{Anomaly, CheckResult, Findings, KnownEpochs, secs};
 use crate::history::{DecisionKind, Event, FaultWindow, History};
 
 /// Added to `worst_case_failover_ms` for the detection window.
 pub const SLACK_MS: f64 = 5_000.0;
-/// How much earlier than its start a fault may still count: decisions'
-/// times come from the proposer's wall clock, converted once per run.
+/// How much earlier than its start a fault may still count: the harness's
+/// own times are converted between clocks once per run.
 pub const CLOCK_TOLERANCE_MS: f64 = 250.0;
 
 /// Faults that can make any site unreachable to the witnesses.
@@ -132,6 +140,7 @@ pub fn check(h: &History) -> CheckResult {
     let mut f = Findings::new();
     let window = h.meta.worst_case_failover_ms as f64 + SLACK_MS;
     let faults = h.fault_windows();
+    let known = KnownEpochs::from_history(h);
     let mut judged = 0;
     for (i, e) in h.events.iter().enumerate() {
         let Event::Decision(d) = e else { continue };
@@ -143,10 +152,26 @@ pub fn check(h: &History) -> CheckResult {
         };
         let line = h.line(i);
         let epoch = d.epoch.unwrap_or(0);
-        let what = format!(
-            "failover from {from} to {to} (epoch {epoch}, proposed at {})",
-            secs(d.t_ms)
-        );
+        let seen = known.sightings.iter().find(|s| s.epoch >= epoch);
+        let (t, start) = match seen {
+            Some(s) => (
+                s.t_ms,
+                s.t_ms - window - (s.t_ms - d.t_ms).clamp(0.0, window),
+            ),
+            None => (d.t_ms, d.t_ms - window),
+        };
+        let what = match seen {
+            Some(s) => format!(
+                "failover from {from} to {to} (epoch {epoch}, first seen committed at {}: {})",
+                secs(s.t_ms),
+                s.what
+            ),
+            None => format!(
+                "failover from {from} to {to} (epoch {epoch}, proposed at {} by its leader's \
+                 clock)",
+                secs(d.t_ms)
+            ),
+        };
         match automatic(&d.raw) {
             Some(true) => {}
             Some(false) => continue,
@@ -166,7 +191,6 @@ pub fn check(h: &History) -> CheckResult {
             }
         }
         judged += 1;
-        let (t, start) = (d.t_ms, d.t_ms - window);
         let in_force: Vec<&FaultWindow> = faults
             .iter()
             .filter(|w| {
@@ -264,7 +288,7 @@ mod tests {
     use super::*;
     use crate::checker::Valid;
     use crate::checker::build::*;
-    use crate::history::{Ms, NemesisAction};
+    use crate::history::{Ms, NemesisAction, ServingState};
 
     /// The test meta's worst case plus the slack.
     fn window() -> f64 {
@@ -548,5 +572,45 @@ mod tests {
             "{:?}",
             r.notes
         );
+    }
+
+    /// The proposing leader's clock may be anywhere (restarted ahead, its
+    /// wall clock stepped back): the failover is timed by its first
+    /// sighting on the kernel clock, so a real loss is still found, and a
+    /// lie is still no cause.
+    #[test]
+    fn failovers_are_timed_by_their_first_sighting() {
+        let seen = |t: Ms| serving(t, "mbox-b", "dc-b", ServingState::Serving, 2);
+        for skew in [20_000.0, -300_000.0, 0.0] {
+            let r = check(&history(vec![
+                initial(),
+                fault(10_000.0, 16_000.0, "partition-site", &["dc-a"], None),
+                vec![auto(17_000.0 + skew, "dc-a", "dc-b"), seen(17_500.0)],
+            ]));
+            assert_eq!(r.valid, Valid::True, "skew {skew}: {r:?}");
+
+            let r = check(&history(vec![
+                initial(),
+                fault(
+                    10_000.0,
+                    24_000.0,
+                    "consul-lies",
+                    &["dc-a"],
+                    Some("services-critical: Consul reports dc-a's …"),
+                ),
+                vec![auto(17_000.0 + skew, "dc-a", "dc-b"), seen(17_500.0)],
+            ]));
+            assert_eq!(r.valid, Valid::False, "skew {skew}: {r:?}");
+            let text = &r.anomalies[0].message;
+            assert!(text.contains("first seen committed at 17.500s"), "{text}");
+        }
+        // A sighting long after the cause: the decision's own earlier time
+        // reaches back to it, by at most the window.
+        let r = check(&history(vec![
+            initial(),
+            fault(10_000.0, 16_000.0, "partition-site", &["dc-a"], None),
+            vec![auto(17_000.0, "dc-a", "dc-b"), seen(17_000.0 + window())],
+        ]));
+        assert_eq!(r.valid, Valid::True, "{r:?}");
     }
 }
