@@ -27,9 +27,9 @@ use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 
 use crate::engine::lease::{GrantRefusal, LeaseBook, Mono};
-use crate::engine::{self, AgentSeen, AppliedAt, Decision, Inputs};
+use crate::engine::{self, AgentSeen, AppliedAt, Decision, Inputs, UpSeen};
 use crate::node::{Node, NodeError, unix_ms};
-use crate::probe::{ConsulEvidence, LocalView, SiteView};
+use crate::probe::{ConsulEvidence, Health, LocalView, SiteView};
 use crate::raft::types::NodeId;
 use crate::state::{
     Actor, AgentReport, Cause, Epoch, Evidence, Mode, Observation, Request, Response, WitnessState,
@@ -88,6 +88,12 @@ pub struct OperatorFailover {
 pub struct Soft {
     pub book: LeaseBook,
     pub applied_at: AppliedAt,
+    /// The epoch of the committed `last_activation` and when this node first
+    /// saw it (the anti-flap window's monotonic half).
+    pub activation_seen: Option<(u64, Mono)>,
+    /// Since when this node has seen each witness observe each site up
+    /// (the failback window).
+    pub up_seen: UpSeen,
     /// Log entries up to this index were in the local log at start.
     pub startup_last_log: u64,
     /// Observations applied before this instant do not count.
@@ -119,6 +125,27 @@ impl Soft {
     /// sees an observation the tracker has not stamped yet (it would read as
     /// stale and abort a failover for nothing).
     pub fn note(&mut self, state: &WitnessState, now: Mono) {
+        if let Some(a) = &state.last_activation
+            && self
+                .activation_seen
+                .is_none_or(|(epoch, _)| epoch != a.epoch)
+        {
+            self.activation_seen = Some((a.epoch, now));
+        }
+        for (w, obs) in &state.observations {
+            for (site, view) in &obs.sites {
+                let key = (*w, site.clone());
+                if view.health != Health::Up {
+                    self.up_seen.remove(&key);
+                } else if self
+                    .up_seen
+                    .get(&key)
+                    .is_none_or(|(episode, _)| *episode != view.changed_at_ms)
+                {
+                    self.up_seen.insert(key, (view.changed_at_ms, now));
+                }
+            }
+        }
         let startup = self.startup_last_log;
         for (w, obs) in &state.observations {
             let known = self
@@ -184,6 +211,8 @@ impl Node {
             agents: &agents,
             now: self.now(),
             now_unix_ms: unix_ms(),
+            activation_seen: soft.activation_seen.map(|(_, at)| at),
+            up_seen: &soft.up_seen,
             not_before: soft.not_before,
         };
         (engine::decide(&inputs), applied.clone())
@@ -679,6 +708,8 @@ fn operator_decision(
         agents: &agents,
         now: node.now(),
         now_unix_ms: unix_ms(),
+        activation_seen: soft.activation_seen.map(|(_, at)| at),
+        up_seen: &soft.up_seen,
         not_before: soft.not_before,
     };
     match engine::check_operator_failover(&inputs, &op.to) {
@@ -878,6 +909,48 @@ mod tests {
         assert_eq!(soft.applied_at.get(&2), Some(&(12, t(100))), "stamped once");
         soft.note(&state_with(&[(1, 14), (2, 12)], Mode::Auto), t(104));
         assert_eq!(soft.applied_at.get(&1), Some(&(14, t(104))));
+    }
+
+    /// The anti-flap and failback windows' first sights: an activation is
+    /// stamped when first seen and again only for a new epoch; a site's
+    /// "up" is stamped per observer and episode (`changed_at_ms`), kept
+    /// while it lasts and dropped when the site is seen otherwise.
+    #[test]
+    fn note_stamps_first_sights_of_activations_and_up_episodes() {
+        use crate::probe::SiteView;
+        let t = |s| Duration::from_secs(s);
+        let with = |epoch: u64, health: Health, changed: u64| {
+            let mut s = state_with(&[(1, 20)], Mode::Auto);
+            s.last_activation = Some(crate::state::Activation {
+                site: "dc-a".into(),
+                epoch,
+                cause: crate::state::Cause::SiteDown,
+                log_index: 9,
+                at_unix_ms: 0,
+            });
+            if let Some(o) = s.observations.get_mut(&1) {
+                o.sites.insert(
+                    "dc-a".into(),
+                    SiteView {
+                        site: "dc-a".into(),
+                        health,
+                        changed_at_ms: changed,
+                        targets: Vec::new(),
+                    },
+                );
+            }
+            s
+        };
+        let mut soft = Soft::default();
+        soft.note(&with(2, Health::Up, 500), t(100));
+        soft.note(&with(2, Health::Up, 500), t(130));
+        assert_eq!(soft.activation_seen, Some((2, t(100))));
+        assert_eq!(soft.up_seen.get(&(1, "dc-a".into())), Some(&(500, t(100))));
+        soft.note(&with(3, Health::Down, 700), t(140));
+        assert_eq!(soft.activation_seen, Some((3, t(140))));
+        assert_eq!(soft.up_seen.get(&(1, "dc-a".into())), None);
+        soft.note(&with(3, Health::Up, 900), t(150));
+        assert_eq!(soft.up_seen.get(&(1, "dc-a".into())), Some(&(900, t(150))));
     }
 
     /// The end of a freeze moves `not_before`, so older observations cannot

@@ -38,6 +38,27 @@
 //! the end of a freeze), so a crashed witness's last word — or a word spoken
 //! before an operator unfroze — cannot trigger anything.
 //!
+//! # Wall clocks
+//!
+//! Nothing here waits on a wall clock. The two windows defined in wall time
+//! are timed on this node's monotonic clock as well, because a wall clock
+//! can be stepped (NTP, an operator's `date -s`) or simply differ between
+//! the witness that wrote a timestamp and the leader that reads it:
+//!
+//! - **Anti-flap** holds only while *both* the committed activation's wall
+//!   time and this node's first sight of it (monotonic) are within
+//!   `min_failover_interval`. A wall clock stepped back would otherwise
+//!   hold every failover for as long as the step; a node restarted long
+//!   after the activation would otherwise hold them for a full interval.
+//!   Either clock alone lifting the hold errs towards a failover, which the
+//!   lease wait keeps safe.
+//! - **Failback** counts how long this node has seen the home site up on
+//!   each witness's observation (monotonic, from its first sight of that
+//!   observer's current "up"), never the observer's wall-clock timestamp: a
+//!   leader's wall clock stepped forward cannot fail back early, nor one
+//!   stepped back hold a failback for the length of the step. A new leader
+//!   re-times the window from its own first sight.
+//!
 //! Not here: the waiting itself (the leader's driver), probing, and applying
 //! the decision (the state machine).
 
@@ -57,6 +78,11 @@ pub use lease::Mono;
 /// the observation, local monotonic time it was applied)`.
 pub type AppliedAt = BTreeMap<NodeId, (u64, Mono)>;
 
+/// Since when this node has seen each witness observe each site up: by
+/// `(witness, site)`, the observer's `changed_at_ms` of that "up" (which
+/// names the episode) and this node's monotonic time of its first sight.
+pub type UpSeen = BTreeMap<(NodeId, String), (u64, Mono)>;
+
 /// An agent's last renewal, as the leader heard it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentSeen {
@@ -74,9 +100,13 @@ pub struct Inputs<'a> {
     pub agents: &'a [AgentSeen],
     /// This node's monotonic clock.
     pub now: Mono,
-    /// Wall clock, only for the anti-flap and failback windows (liveness
-    /// timers, never safety).
+    /// Wall clock, only for the anti-flap window, and only together with
+    /// `activation_seen` (see "Wall clocks" above).
     pub now_unix_ms: u64,
+    /// When this node first saw the committed `last_activation` (monotonic).
+    pub activation_seen: Option<Mono>,
+    /// Since when this node has seen each witness observe each site up.
+    pub up_seen: &'a UpSeen,
     /// Observations applied before this instant do not count.
     pub not_before: Mono,
 }
@@ -295,10 +325,14 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         );
     };
     // Anti-flap counts failovers, not the first activation of the cluster.
+    // Recent only if both clocks say so ("Wall clocks" above).
+    let interval = policy.failover.min_failover_interval;
     let recently = inputs.state.last_activation.as_ref().is_some_and(|a| {
         a.cause != Cause::Initial
-            && inputs.now_unix_ms.saturating_sub(a.at_unix_ms)
-                < policy.failover.min_failover_interval.as_millis() as u64
+            && inputs.now_unix_ms.saturating_sub(a.at_unix_ms) < interval.as_millis() as u64
+            && inputs
+                .activation_seen
+                .is_none_or(|seen| inputs.now.saturating_sub(seen) < interval)
     });
 
     if active_tally.down.len() >= active_tally.quorum {
@@ -371,7 +405,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         && home.name != active
         && !recently
     {
-        let needed = policy.failover.failback_after.as_millis() as u64;
+        let needed = policy.failover.failback_after;
         let long_up: Vec<NodeId> = voters
             .iter()
             .copied()
@@ -380,7 +414,12 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
                     .and_then(|o| o.sites.get(&home.name))
                     .is_some_and(|v| {
                         v.health == Health::Up
-                            && inputs.now_unix_ms.saturating_sub(v.changed_at_ms) >= needed
+                            && inputs.up_seen.get(&(*w, home.name.clone())).is_some_and(
+                                |(episode, since)| {
+                                    *episode == v.changed_at_ms
+                                        && inputs.now.saturating_sub(*since) >= needed
+                                },
+                            )
                     })
             })
             .collect();

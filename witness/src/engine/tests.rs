@@ -33,7 +33,7 @@ fn policy(consul: ConsulMode) -> Policy {
 }
 
 /// How one witness sees one site.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum V {
     Up,
     Down,
@@ -92,6 +92,8 @@ struct World {
     applied_at: AppliedAt,
     agents: Vec<AgentSeen>,
     now: Mono,
+    activation_seen: Option<Mono>,
+    up_seen: UpSeen,
 }
 
 impl World {
@@ -111,7 +113,9 @@ impl World {
             voters: BTreeSet::from([1, 2, 3]),
             applied_at: BTreeMap::new(),
             agents: vec![],
-            now: Duration::from_secs(100),
+            now: Duration::from_secs(10_000),
+            activation_seen: None,
+            up_seen: UpSeen::new(),
         }
     }
 
@@ -134,6 +138,17 @@ impl World {
             },
         );
         self.applied_at.insert(w, (index, self.now - age));
+        // Seen up, by this node, for as long as the wall-clock timestamp says.
+        for (site, v) in SITES.iter().zip(views) {
+            if v == V::Up {
+                self.up_seen.insert(
+                    (w, site.to_string()),
+                    (NOW_UNIX - 3_600_000, self.now - Duration::from_secs(3600)),
+                );
+            } else {
+                self.up_seen.remove(&(w, site.to_string()));
+            }
+        }
     }
 
     fn decide(&self) -> Decision {
@@ -148,6 +163,8 @@ impl World {
             agents: &self.agents,
             now: self.now,
             now_unix_ms: NOW_UNIX,
+            activation_seen: self.activation_seen,
+            up_seen: &self.up_seen,
             not_before,
         }
     }
@@ -352,6 +369,82 @@ fn anti_flap_holds_after_a_recent_failover() {
         a.cause = Cause::Initial;
     }
     assert_eq!(activates(&w.decide()).map(|a| a.0), Some("dc-b"));
+}
+
+/// Anti-flap holds only while both clocks call the last failover recent: a
+/// wall clock stepped back (the activation's timestamp in this node's
+/// future) does not hold a failover once this node has known of the
+/// activation for the interval, nor does a restart hold one for an
+/// activation the wall clock dates long ago.
+#[test]
+fn anti_flap_needs_both_clocks_to_call_the_failover_recent() {
+    let mut w = World::new(ConsulMode::Ignore, Some("dc-a"));
+    for id in 1..=3 {
+        w.observe(id, [Down, Up], FRESH);
+    }
+    let at = |w: &mut World, wall_ago_ms: i64, seen_ago: Duration| {
+        w.state.last_activation = Some(Activation {
+            site: "dc-a".into(),
+            epoch: 1,
+            cause: Cause::SiteDown,
+            log_index: 9,
+            at_unix_ms: (NOW_UNIX as i64 - wall_ago_ms) as u64,
+        });
+        w.activation_seen = Some(w.now - seen_ago);
+        activates(&w.decide()).map(|a| a.0.to_string())
+    };
+    let secs = Duration::from_secs;
+    assert_eq!(at(&mut w, 60_000, secs(60)), None, "recent on both clocks");
+    assert_eq!(
+        at(&mut w, -600_000, secs(400)),
+        Some("dc-b".into()),
+        "wall clock stepped back 10 min: seen 400 s ago is not recent"
+    );
+    assert_eq!(
+        at(&mut w, 3_600_000, secs(1)),
+        Some("dc-b".into()),
+        "restarted a second ago: an hour ago on the wall clock is not recent"
+    );
+    assert_eq!(at(&mut w, -600_000, secs(1)), None, "both recent");
+}
+
+/// Failback counts how long this node has seen the home site up, not the
+/// observer's wall-clock timestamp.
+#[test]
+fn failback_is_timed_on_this_nodes_clock() {
+    let mut w = World::new(ConsulMode::Ignore, Some("dc-b"));
+    for id in 1..=3 {
+        w.observe(id, [Up, Up], FRESH);
+    }
+    if let Some(p) = w.state.policy.as_mut() {
+        p.failover.failback = Failback::Auto;
+        p.failover.failback_after = Duration::from_secs(600);
+    }
+    let seen = |w: &mut World, episode: u64, ago: Duration| {
+        for id in 1..=3 {
+            let changed = w.state.observations[&id].sites["dc-a"].changed_at_ms;
+            let episode = if episode == 0 { changed } else { episode };
+            w.up_seen
+                .insert((id, "dc-a".into()), (episode, w.now - ago));
+        }
+        activates(&w.decide()).map(|a| a.0.to_string())
+    };
+    let secs = Duration::from_secs;
+    assert_eq!(
+        seen(&mut w, 0, secs(700)),
+        Some("dc-a".into()),
+        "seen up 700 s"
+    );
+    assert_eq!(
+        seen(&mut w, 0, secs(10)),
+        None,
+        "up an hour by the observer's wall clock, but seen up only 10 s here"
+    );
+    assert_eq!(
+        seen(&mut w, 42, secs(700)),
+        None,
+        "a different up episode than the one seen 700 s ago"
+    );
 }
 
 /// The first activation needs a majority seeing the home site up; a site
