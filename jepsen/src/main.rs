@@ -99,6 +99,19 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         group: u64,
     },
+    /// Print, as JSON, what this process's clocks show (run under the clock
+    /// shim by the harness's tests).
+    #[command(hide = true)]
+    ClockProbe {
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// Milliseconds to sleep, on this process's clock.
+        #[arg(long, default_value_t = 1000)]
+        sleep_ms: u64,
+        /// Milliseconds of reading from every thread, on this process's clock.
+        #[arg(long, default_value_t = 1000)]
+        run_ms: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -171,6 +184,19 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::ClockProbe {
+            threads,
+            sleep_ms,
+            run_ms,
+        } => {
+            let seen = jepsen::nemesis::clock::probe(
+                threads,
+                Duration::from_millis(sleep_ms),
+                Duration::from_millis(run_ms),
+            );
+            println!("{seen}");
+            ExitCode::SUCCESS
+        }
         Command::Test {
             run,
             nemesis,

@@ -158,7 +158,7 @@ pub fn analyze(dir: &Path) -> Result<Results, AnalyzeError> {
         // The injected clock itself misbehaved: what the checkers say is
         // not about the product.
         results.notes.push(format!(
-            "an agent's clock stepped back, which only the clock injection (libfaketime) can \
+            "an agent's clock stepped back, which only a broken clock injection can \
              do, so this run cannot be judged: {}",
             glitches.join("; ")
         ));

@@ -800,57 +800,124 @@ fn exec_runs_commands_inside_the_host() {
     );
 }
 
-/// A skewed clock reaches the process: at rate 4 its `sleep 2` is over
-/// in about half a second of real time (its sleeps run on its clock), and
-/// a process started after a jump of an hour reads its wall clock an hour
-/// ahead.
+/// Run `jepsen clock-probe` on `clock`, moving it with `during` once the
+/// probe has run `after`; its JSON report, and the kernel's boot time (ms)
+/// at the spawn and at the exit.
+fn probe_on(
+    clock: &mut jepsen::SkewedClock,
+    args: &[&str],
+    after: Duration,
+    during: impl FnOnce(&mut jepsen::SkewedClock),
+) -> (serde_json::Value, f64, f64) {
+    let boot_ms = || {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("boottime");
+        t.tv_sec() as f64 * 1e3 + t.tv_nsec() as f64 / 1e6
+    };
+    let spawned = boot_ms();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jepsen"))
+        .arg("clock-probe")
+        .args(args)
+        .envs(clock.env())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the probe");
+    thread::sleep(after);
+    during(clock);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("poll").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the clock probe did not end within 30 s");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let exited = boot_ms();
+    let out = child.wait_with_output().expect("probe output");
+    assert!(out.status.success(), "probe: {:?}", out.status);
+    let v = serde_json::from_slice(&out.stdout).expect("the probe prints JSON");
+    (v, spawned, exited)
+}
+
+/// The clock shim reaches a running, multi-threaded process: at rate 2 its
+/// clocks run twice as fast and its sleeps take half the real time; a jump
+/// of its monotonic clocks and a step back of its wall clock, made while it
+/// runs, are seen by every thread at once, with no clock ever stepping
+/// back; and its readings map back to the kernel's clock.
 #[test]
-fn skewed_clock_runs_fast_and_jumps_forward() {
-    if skipped() {
-        return;
-    }
-    let lib = jepsen::nemesis::clock::libfaketime()
-        .unwrap_or_else(|e| panic!("{e} (CI installs it; the clock nemesis needs it)"));
-    let net = Topology::new(prefix("clk"))
-        .host("n1", None)
-        .create()
-        .expect("create");
-    let dir = std::env::temp_dir().join(format!("wjtclock-{}", std::process::id()));
-    fs::create_dir_all(&dir).expect("temp dir");
-    let mut clock = jepsen::SkewedClock::with_lib(lib, 4.0).expect("clock");
-
-    let started = Instant::now();
-    let spec = clock.apply(ProcSpec::new("n1", ["sleep", "2"]));
-    let mut p = Proc::spawn(&net, spec).expect("spawn");
-    while p.is_running().expect("poll") {
-        assert!(started.elapsed() < REACH, "sleep 2 at rate 4 never ended");
-        thread::sleep(Duration::from_millis(10));
-    }
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_millis(1500),
-        "2 s of a 4x clock took {took:?} of real time"
+fn the_clock_shim_skews_jumps_and_steps_a_running_process() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut clock = jepsen::SkewedClock::new(&dir.path().join("probe.clock"), 2.0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (v, spawned, exited) = probe_on(
+        &mut clock,
+        &["--threads", "4", "--sleep-ms", "1000", "--run-ms", "30000"],
+        Duration::from_millis(1500),
+        |c| {
+            c.jump(Duration::from_secs(60));
+            c.step_wall(-600_000);
+        },
     );
-
-    clock.jump(Duration::from_secs(3600));
-    let log = dir.join("date.log");
-    let spec = clock.apply(ProcSpec::new("n1", ["date", "+%s"]).log(&log));
-    let mut p = Proc::spawn(&net, spec).expect("spawn");
-    while p.is_running().expect("poll") {
-        thread::sleep(Duration::from_millis(10));
-    }
-    let shown: u64 = fs::read_to_string(&log)
-        .expect("date output")
-        .trim()
-        .parse()
-        .expect("a number");
-    let real = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
+    let n = |p: &str| v.pointer(p).and_then(|x| x.as_i64()).expect(p) as f64 / 1e6;
+    assert_eq!(n("/back"), 0.0, "a clock stepped back: {v}");
+    assert!(n("/leap") >= 60_000.0, "no thread saw the 60 s jump: {v}");
+    // The wall clock ran at the same rate, 600 s stepped back and without
+    // the monotonic jump: 660 s behind the monotonic clock's progress.
+    let mono = n("/end/mono") - n("/start/mono");
+    let wall = n("/end/real") - n("/start/real");
     assert!(
-        shown >= real + 3500,
-        "the jumped clock reads {shown}, real time is {real}"
+        (mono - wall - 660_000.0).abs() < 100.0,
+        "mono {mono} ms, wall {wall} ms"
     );
-    let _ = fs::remove_dir_all(&dir);
+    // Readings map back inside the process's life, at half their pace.
+    let start = clock.real_boot_ms(n("/start/boot"));
+    let end = clock.real_boot_ms(n("/end/boot"));
+    assert!(
+        spawned <= start && start <= end && end <= exited,
+        "{spawned} {start} {end} {exited}"
+    );
+    // The 1 s sleep, on the process's clock, took about 0.5 s of real time.
+    let slept =
+        clock.real_boot_ms(n("/sleep/after_boot")) - clock.real_boot_ms(n("/sleep/before_boot"));
+    let fake = n("/sleep/after_boot") - n("/sleep/before_boot");
+    assert!(
+        fake >= 1000.0,
+        "the sleep was cut short: {fake} ms on its clock"
+    );
+    assert!(
+        (450.0..900.0).contains(&slept),
+        "a 1 s sleep at rate 2 took {slept} ms of real time"
+    );
+    // The jump ended the 30 s reading loop long before 15 s of real time.
+    assert!(exited - spawned < 10_000.0, "{} ms", exited - spawned);
+}
+
+/// A process told to use a clock whose control file is missing refuses to
+/// start instead of running on the real clock unnoticed.
+#[test]
+fn the_clock_shim_refuses_a_missing_control_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = jepsen::SkewedClock::new(&dir.path().join("c.clock"), 1.0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let env: Vec<(&str, String)> = clock
+        .env()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "JEPSEN_CLOCK" {
+                (k, "/nonexistent/c.clock".into())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jepsen"))
+        .args(["clock-probe", "--sleep-ms", "0", "--run-ms", "0"])
+        .envs(env)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("JEPSEN_CLOCK=/nonexistent/c.clock: cannot open"),
+        "{err}"
+    );
 }

@@ -37,7 +37,8 @@ pub mod netcluster;
 /// machine.
 pub const SETTLE: Duration = Duration::from_secs(30);
 
-/// Directory with the built `witness`, `witnessctl` and `fake_carbonio`,
+/// Directory with the built `witness`, `witnessctl`, `fake_carbonio` and
+/// the clock shim (`libjepsen_clockshim.so`),
 /// building them first (once per process) so nothing runs stale binaries;
 /// or the directory given to [`set_bin_dir`].
 pub fn bin_dir() -> &'static Path {
@@ -70,6 +71,10 @@ pub fn bin_dir() -> &'static Path {
             "witnessctl",
             "--bin",
             "fake_carbonio",
+            // The clock shim the clock nemesis preloads.
+            "-p",
+            "jepsen-clockshim",
+            "--lib",
         ])
         .current_dir(workspace);
         if release {

@@ -4,7 +4,7 @@
 //! chains that belong to us alone (see [`iptables`]); latency is a delaying
 //! proxy plus DNAT steering (see [`proxy`]); process faults act on the
 //! processes the harness started (see [`process`]); clock faults run a
-//! process under libfaketime (see [`clock`]).
+//! process on the harness's clock shim (see [`clock`]).
 //!
 //! **Drops happen at the receiver.** Every drop rule is in the receiving
 //! host's `INPUT` path, matched on the sender's address, as Jepsen's

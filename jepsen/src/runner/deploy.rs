@@ -30,14 +30,16 @@
 //!
 //! Clocks: a process named in the deployment's rates (a witness by its
 //! host, an agent by its name) runs on a [`SkewedClock`] at that rate from
-//! its first start, restarts included ([`Deployment::restart_witness_ahead`]
-//! restarts a witness with its clock set forward). An agent's logged times
-//! are mapped back to the kernel's clock ([`Deployment::real_boot_ms`])
-//! before they enter the history.
+//! its first start, restarts included: one clock per machine, which the
+//! `clock` nemesis moves while the process runs or while it is down
+//! ([`Deployment::restart_witness_ahead`]). An agent's logged times are
+//! mapped back to the kernel's clock ([`Deployment::real_boot_ms`]) before
+//! they enter the history.
 //!
 //! Fields drop in order: agents (killed and reaped), fenced services,
-//! watchdogs, BIRDs, the agents' files, the Consul agents, then the
-//! cluster (witnesses, faults healed, namespaces removed).
+//! watchdogs, BIRDs, the agents' files, the Consul agents, the cluster
+//! (witnesses, faults healed, namespaces removed), then the clocks' control
+//! files.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -108,6 +110,8 @@ pub struct Deployment {
     pub lab: AgentLab,
     pub consul: ConsulLab,
     pub cluster: NetCluster,
+    /// The clocks' control files, removed after every process is gone.
+    _clock_dir: tempfile::TempDir,
 }
 
 impl Deployment {
@@ -122,9 +126,13 @@ impl Deployment {
         if crate::lab::bgp::skipped() {
             return None;
         }
+        let clock_dir = tempfile::Builder::new()
+            .prefix("jepsen-clocks-")
+            .tempdir()
+            .expect("a temp dir for the clock control files");
         let mut clocks = BTreeMap::new();
         for (name, rate) in rates {
-            match SkewedClock::new(*rate) {
+            match SkewedClock::new(&clock_dir.path().join(format!("{name}.clock")), *rate) {
                 Ok(c) => {
                     clocks.insert(name.clone(), c);
                 }
@@ -180,6 +188,7 @@ impl Deployment {
             lab,
             consul,
             cluster,
+            _clock_dir: clock_dir,
         };
         for (name, host, site, role, order) in AGENTS {
             let watchdog = Arc::new(FakeWatchdog::new(&d.lab.path(&format!("{name}.watchdog"))));
@@ -241,9 +250,6 @@ impl Deployment {
             Some(slot) if slot.proc.is_none() => self.cluster.endpoints(&slot.order),
             _ => return,
         };
-        if let Some(c) = self.clocks.get_mut(name) {
-            c.started();
-        }
         let net = &self.cluster.net;
         let lab = &self.lab;
         if let Some(slot) = self.agents.get_mut(name) {
@@ -336,20 +342,18 @@ impl Deployment {
         let Some(clock) = self.clocks.get_mut(host) else {
             return;
         };
-        clock.jump(by);
-        let env = clock.env();
         self.cluster.crash(id);
-        self.cluster.set_env(id, env);
+        clock.jump(by);
+        clock.step_wall(by.as_millis() as i64);
         self.cluster.restart(id);
     }
 
     /// The kernel's `CLOCK_BOOTTIME` (ms) of a time process `name` logged
     /// on its own clock: the same value unless its clock is skewed.
-    pub fn real_boot_ms(&self, name: &str, logged_ms: f64, unix_minus_boot_ms: f64) -> f64 {
+    pub fn real_boot_ms(&self, name: &str, logged_ms: f64) -> f64 {
         self.clocks
             .get(name)
-            .and_then(|c| c.real_boot_ms(logged_ms, unix_minus_boot_ms))
-            .unwrap_or(logged_ms)
+            .map_or(logged_ms, |c| c.real_boot_ms(logged_ms))
     }
 
     /// Every agent's files: (name, site, role, serving log, carbonio log,

@@ -93,7 +93,7 @@ pub fn build_sabotaged(bins: &Path) -> anyhow::Result<PathBuf> {
     cargo(true)?;
     std::fs::copy(bins.join("witness"), out.join("witness"))?;
     cargo(false)?;
-    for bin in ["witnessctl", "fake_carbonio"] {
+    for bin in ["witnessctl", "fake_carbonio", "libjepsen_clockshim.so"] {
         std::fs::copy(bins.join(bin), out.join(bin))?;
     }
     Ok(out)

@@ -56,22 +56,27 @@
 //!
 //! # Clocks
 //!
-//! Drift is a property of a process for its life (libfaketime fixes the
-//! rate at start, [`crate::nemesis::clock`]), so a run with `clock` among
-//! its nemeses starts every witness and agent on a skewed clock
-//! ([`clock_rates`]): witnesses fast and agents slow, the orientation
-//! DESIGN.md §3.4 names as the worst (the agent believes its lease lasts
-//! longer, the leader's wait ends sooner), each by a seeded amount up to
-//! 0.8 × `max_drift`. The fault itself sets a clock forward: a witness
-//! that every witness agrees is a follower is killed and started again with
-//! its clocks 1–30 s ahead, as a machine that rebooted with its clock set
-//! forward. Offsets are fixed when a process starts (libfaketime cannot
-//! move them safely while a multi-threaded process runs, see
-//! [`crate::nemesis::clock`]), so a running process's clock is never
-//! stepped, and the leader's never set forward: a forward step of a
-//! leader's monotonic clock during its lease wait is a drift beyond any
-//! bound, the assumption (d) of DESIGN.md that `clock-beyond` shows
-//! matters.
+//! Every clock runs through the harness's clock shim
+//! ([`crate::nemesis::clock`]). Drift is a property of a machine, so a run
+//! with `clock` among its nemeses starts every witness and agent on a
+//! skewed clock for the whole run ([`clock_rates`]): witnesses fast and
+//! agents slow, the orientation DESIGN.md §3.4 names as the worst (the
+//! agent believes its lease lasts longer, the leader's wait ends sooner),
+//! each by a seeded amount up to 0.8 × `max_drift`. Each `clock` fault then
+//! moves one clock, while the process runs or across a restart:
+//!
+//! | variant | what | the protocol's answer |
+//! | --- | --- | --- |
+//! | restart ahead | a follower witness killed and started again with all its clocks 1–30 s ahead (a machine rebooted with its clock set forward) | nothing depends on a clock across a restart |
+//! | follower leap | a running follower witness's monotonic and boot clocks leap 1–30 s | its timers fire early: an election at worst |
+//! | agent leap | a running agent's monotonic and boot clocks leap 1–30 s, as a frozen host sees after it resumes | its lease looks expired: it fences at once, never later |
+//! | wall step | the leader's wall clock half the time, else any process's, stepped by 2 s–10 min either way while it runs; it stays wrong through the faults that follow, until the heal steps it back | safety never reads the wall clock; the anti-flap and failback windows must not stall on it |
+//!
+//! The leader's monotonic clock is never moved: a forward leap of it during
+//! its lease wait is a drift beyond any bound, the assumption (d) of
+//! DESIGN.md that `clock-beyond` shows matters. (Which witness leads is
+//! read just before; a leader change within those milliseconds is the one
+//! way the harness could break the assumption itself.)
 //! `clock-beyond` is not part of the mix nor of `test-all`: it is run by
 //! name, and a valid result would mean the checkers miss a real split
 //! brain.
@@ -162,7 +167,8 @@ pub enum Active {
     Paused(Vec<u64>),
     PausedAgent(String),
     SiteDeath(String),
-    /// A clock jump: nothing to undo (clocks only go forward).
+    /// A clock moved: nothing to undo at the fault's end (monotonic clocks
+    /// only go forward; a stepped wall clock stays wrong until the heal).
     Clock,
     /// The bridge partition, toggled while held; `on` says whether it is
     /// in force now.
@@ -257,43 +263,101 @@ pub struct Started {
     pub past_failover: bool,
 }
 
-/// The `clock` fault: a witness that every witness agrees is a follower
-/// restarted with its clocks 1–30 s further ahead.
-fn jump_a_clock(d: &mut Deployment, rng: &mut StdRng) -> crate::Result<Started> {
-    let candidates: Vec<u64> = match agreed_leader(d) {
-        Some(l) => (1..=3)
-            .filter(|id| *id != l && d.clocks.contains_key(&witness_name(*id)))
-            .collect(),
-        None => Vec::new(),
-    };
-    if candidates.is_empty() {
-        // No agreed leader (or no skewed witness): a jump could hit a
-        // leader waiting out leases, beyond assumption (d); skip it.
-        return Ok(Started {
-            targets: Vec::new(),
-            detail: Some("no follower every witness agrees on: no clock moved".into()),
-            active: Active::Clock,
-            past_failover: false,
-        });
-    }
-    let id = candidates[rng.random_range(0..candidates.len())];
-    let host = witness_name(id);
-    let by = Duration::from_millis(rng.random_range(1_000..30_000));
-    d.restart_witness_ahead(id, &host, by);
-    let clock = &d.clocks[&host];
-    let detail = format!(
-        "{host} restarted with its clocks {:.3} s further ahead (rate {:.4}×, {:.3} s ahead in \
-         all)",
-        by.as_secs_f64(),
-        clock.rate(),
-        clock.offset().as_secs_f64()
-    );
-    Ok(Started {
-        targets: vec![host],
+/// The `clock` fault, one of (see the module doc): a follower witness
+/// restarted with its clocks ahead, a running process's wall clock
+/// stepped, a running agent's clocks leaping forward, a running follower
+/// witness's clocks leaping forward.
+fn clock_fault(d: &mut Deployment, rng: &mut StdRng) -> crate::Result<Started> {
+    let started = |targets: Vec<String>, detail: String, active: Active| Started {
+        targets,
         detail: Some(detail),
-        active: Active::Clock,
+        active,
         past_failover: false,
-    })
+    };
+    let by = Duration::from_millis(rng.random_range(1_000..30_000));
+    match rng.random_range(0..4) {
+        0 | 3 => {
+            let restart = rng.random_bool(0.5);
+            let Some(id) = skewed_follower(d, rng) else {
+                // No agreed leader: a jump could hit a leader waiting out
+                // leases, beyond assumption (d); skip it.
+                return Ok(started(
+                    Vec::new(),
+                    "no follower every witness agrees on: no clock moved".into(),
+                    Active::Clock,
+                ));
+            };
+            let host = witness_name(id);
+            if restart {
+                d.restart_witness_ahead(id, &host, by);
+            } else if let Some(c) = d.clocks.get_mut(&host) {
+                c.jump(by);
+            }
+            let clock = &d.clocks[&host];
+            let how = if restart {
+                "restarted with its clocks"
+            } else {
+                "running: its monotonic and boot clocks leapt"
+            };
+            let detail = format!(
+                "{host} {how} {:.3} s further ahead (rate {:.4}×, {:.3} s ahead in all)",
+                by.as_secs_f64(),
+                clock.rate(),
+                clock.offset().as_secs_f64()
+            );
+            Ok(started(vec![host], detail, Active::Clock))
+        }
+        1 => {
+            // The leader half the time: its engine times the anti-flap and
+            // failback windows.
+            let names: Vec<String> = d.clocks.keys().cloned().collect();
+            let name = match agreed_leader(d) {
+                Some(l) if rng.random_bool(0.5) => witness_name(l),
+                _ => names[rng.random_range(0..names.len())].clone(),
+            };
+            let mut by_ms = rng.random_range(2_000..600_000);
+            if rng.random_bool(0.5) {
+                by_ms = -by_ms;
+            }
+            if let Some(c) = d.clocks.get_mut(&name) {
+                c.step_wall(by_ms);
+            }
+            let detail = format!(
+                "{name}'s wall clock stepped {}{:.3} s while it runs ({:+.3} s off in all, until \
+                 the heal)",
+                if by_ms > 0 { "+" } else { "−" },
+                by_ms.unsigned_abs() as f64 / 1000.0,
+                d.clocks[&name].wall_offset_ms() / 1000.0
+            );
+            Ok(started(vec![name], detail, Active::Clock))
+        }
+        _ => {
+            let names: Vec<&str> = AGENTS
+                .iter()
+                .map(|a| a.0)
+                .filter(|n| d.clocks.contains_key(*n))
+                .collect();
+            let name = names[rng.random_range(0..names.len())].to_string();
+            if let Some(c) = d.clocks.get_mut(&name) {
+                c.jump(by);
+            }
+            let detail = format!(
+                "{name} running: its monotonic and boot clocks leapt {:.3} s ahead, as after a \
+                 freeze (it must fence at once if its lease ran out)",
+                by.as_secs_f64()
+            );
+            Ok(started(vec![name], detail, Active::Clock))
+        }
+    }
+}
+
+/// A witness on a skewed clock that every witness agrees is a follower.
+fn skewed_follower(d: &Deployment, rng: &mut StdRng) -> Option<u64> {
+    let l = agreed_leader(d)?;
+    let candidates: Vec<u64> = (1..=3)
+        .filter(|id| *id != l && d.clocks.contains_key(&witness_name(*id)))
+        .collect();
+    (!candidates.is_empty()).then(|| candidates[rng.random_range(0..candidates.len())])
 }
 
 /// Start fault `kind`.
@@ -302,7 +366,7 @@ pub fn start(kind: &str, d: &mut Deployment, rng: &mut StdRng) -> crate::Result<
         return Ok(consul_lies(d, rng));
     }
     if kind == "clock" {
-        return jump_a_clock(d, rng);
+        return clock_fault(d, rng);
     }
     if kind == "one-way" {
         let l = leader(d, rng);
@@ -599,6 +663,10 @@ pub fn heal_all(d: &mut Deployment) {
     }
     for site in ["dc-a", "dc-b"] {
         d.revive_site(site);
+    }
+    // Wall clocks back to the truth, as NTP would step them.
+    for c in d.clocks.values_mut() {
+        c.step_wall(-(c.wall_offset_ms() as i64));
     }
 }
 

@@ -425,7 +425,7 @@ pub fn run(opts: &TestOpts) -> anyhow::Result<(PathBuf, Results)> {
     }
     let logs = dir.join("logs");
     for (name, site, role, state_log, carbonio_log, log) in d.agent_files() {
-        let real = |t: f64| d.real_boot_ms(&name, t, offset);
+        let real = |t: f64| d.real_boot_ms(&name, t);
         for e in collect::serving_log(&state_log, &name, &site, &role, &real) {
             rec.record(&e);
         }

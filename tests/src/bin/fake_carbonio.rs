@@ -32,9 +32,9 @@ use std::io::Write;
 use std::time::Duration;
 
 /// `clock` read from the kernel by system call, not through the C library:
-/// an agent under a clock fault (libfaketime, preloaded into the agent and
-/// so into the commands it runs) must not move this evidence, which the
-/// harness judges on the kernel's clock.
+/// an agent under a clock fault (the harness's clock shim, preloaded into
+/// the agent and so into the commands it runs) must not move this evidence,
+/// which the harness judges on the kernel's clock.
 fn clock_ns(clock: libc::clockid_t) -> u128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
