@@ -342,11 +342,29 @@ fn scale_ms(timeout: c_int) -> c_int {
 /// A relative timespec on the faked clock as a real one.
 fn scale_ts(ts: &libc::timespec) -> libc::timespec {
     let Some(r) = rate() else { return *ts };
-    let ns = (ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64) / r;
-    let ns = ns.ceil().min(i64::MAX as f64) as i64;
+    times(ts, 1.0 / r)
+}
+
+/// `ts` times `k`, rounded up.
+fn times(ts: &libc::timespec, k: f64) -> libc::timespec {
+    let ns = (ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64) * k;
+    let ns = ns.ceil().clamp(0.0, i64::MAX as f64) as i64;
     libc::timespec {
         tv_sec: ns / 1_000_000_000,
         tv_nsec: ns % 1_000_000_000,
+    }
+}
+
+/// After an interrupted relative sleep: the real time left in `rem` back
+/// on the faked clock, so a caller that sleeps `rem` again (as
+/// `std::thread::sleep` does) is not scaled twice.
+///
+/// # Safety
+/// `rem` is null or valid for a read and a write of one timespec.
+unsafe fn unscale_rem(rem: *mut libc::timespec) {
+    if let (Some(r), false) = (rate(), rem.is_null()) {
+        // SAFETY: as the caller promised.
+        unsafe { *rem = times(&*rem, r) };
     }
 }
 
@@ -460,7 +478,11 @@ pub unsafe extern "C" fn nanosleep(req: *const libc::timespec, rem: *mut libc::t
             return f(req, rem);
         }
         let real = scale_ts(&*req);
-        f(&real, rem)
+        let rc = f(&real, rem);
+        if rc != 0 {
+            unscale_rem(rem);
+        }
+        rc
     }
 }
 
@@ -492,7 +514,11 @@ pub unsafe extern "C" fn clock_nanosleep(
         }
         if flags & libc::TIMER_ABSTIME == 0 {
             let real = scale_ts(&*req);
-            return f(clock, flags, &real, rem);
+            let rc = f(clock, flags, &real, rem);
+            if rc == libc::EINTR {
+                unscale_rem(rem);
+            }
+            return rc;
         }
         let Some(c) = class(clock) else {
             return f(clock, flags, req, rem);
