@@ -208,21 +208,29 @@ fn class(clock: libc::clockid_t) -> Option<Class> {
     }
 }
 
-/// The faked value of a real reading `t_ns` of a clock of class `c`.
-fn fake(layout: &Layout, c: Class, t_ns: i64) -> i64 {
+/// A clock class's anchor, the rate, and its offset now.
+fn parts(layout: &Layout, c: Class) -> (i64, f64, i64) {
     let (anchor, offset) = match c {
         Class::Real => (&layout.anchor_real_ns, &layout.real_offset_ns),
         Class::Mono => (&layout.anchor_mono_ns, &layout.mono_offset_ns),
         Class::Boot => (&layout.anchor_boot_ns, &layout.mono_offset_ns),
     };
-    let anchor = anchor.load(Ordering::Relaxed);
-    let rate = f64::from_bits(layout.rate.load(Ordering::Relaxed));
+    (
+        anchor.load(Ordering::Relaxed),
+        f64::from_bits(layout.rate.load(Ordering::Relaxed)),
+        offset.load(Ordering::Acquire),
+    )
+}
+
+/// The faked value of a real reading `t_ns` of a clock of class `c`.
+fn fake(layout: &Layout, c: Class, t_ns: i64) -> i64 {
+    let (anchor, rate, offset) = parts(layout, c);
     let scaled = if rate == 1.0 {
         t_ns
     } else {
         anchor + ((t_ns - anchor) as f64 * rate) as i64
     };
-    scaled + offset.load(Ordering::Acquire)
+    scaled + offset
 }
 
 /// The interposed `clock_gettime`.
@@ -536,13 +544,7 @@ pub unsafe extern "C" fn clock_nanosleep(
 /// The real reading at which a clock of class `c` shows `fake_ns` (with
 /// the offsets in force now).
 fn unfake(layout: &Layout, c: Class, fake_ns: i64) -> i64 {
-    let (anchor, offset) = match c {
-        Class::Real => (&layout.anchor_real_ns, &layout.real_offset_ns),
-        Class::Mono => (&layout.anchor_mono_ns, &layout.mono_offset_ns),
-        Class::Boot => (&layout.anchor_boot_ns, &layout.mono_offset_ns),
-    };
-    let anchor = anchor.load(Ordering::Relaxed);
-    let rate = f64::from_bits(layout.rate.load(Ordering::Relaxed));
-    let unshifted = fake_ns - offset.load(Ordering::Acquire);
+    let (anchor, rate, offset) = parts(layout, c);
+    let unshifted = fake_ns - offset;
     anchor + ((unshifted - anchor) as f64 / rate).ceil() as i64
 }

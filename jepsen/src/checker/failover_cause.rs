@@ -331,6 +331,17 @@ mod tests {
             .collect()
     }
 
+    /// Consul's lie `word` about dc-a, from 10 s to 24 s.
+    fn lie(word: &str) -> Vec<Event> {
+        fault(
+            10_000.0,
+            24_000.0,
+            "consul-lies",
+            &["dc-a"],
+            Some(&format!("{word}: Consul reports dc-a's …")),
+        )
+    }
+
     fn initial() -> Vec<Event> {
         vec![activated(0.0, 1, 1, "dc-a")]
     }
@@ -433,15 +444,6 @@ mod tests {
     /// death of the other site.
     #[test]
     fn failovers_without_a_loss_are_violations() {
-        let lie = |word: &str| {
-            fault(
-                10_000.0,
-                24_000.0,
-                "consul-lies",
-                &["dc-a"],
-                Some(&format!("{word}: Consul reports dc-a's …")),
-            )
-        };
         let cases: Vec<(&str, Vec<Vec<Event>>, &str)> = vec![
             (
                 "services critical",
@@ -591,13 +593,7 @@ mod tests {
 
             let r = check(&history(vec![
                 initial(),
-                fault(
-                    10_000.0,
-                    24_000.0,
-                    "consul-lies",
-                    &["dc-a"],
-                    Some("services-critical: Consul reports dc-a's …"),
-                ),
+                lie("services-critical"),
                 vec![auto(17_000.0 + skew, "dc-a", "dc-b"), seen(17_500.0)],
             ]));
             assert_eq!(r.valid, Valid::False, "skew {skew}: {r:?}");
