@@ -1,0 +1,468 @@
+//! Connections: the accepting side of a witness's ports and the dialing side
+//! of every client, with or without TLS.
+//!
+//! Accepting: one task accepts TCP connections, sets `TCP_NODELAY`, and hands
+//! each to its own handshake task (bounded in time by [`HANDSHAKE_TIMEOUT`]
+//! and in number by [`MAX_HANDSHAKES`], so a client that opens connections
+//! and never speaks cannot hold the port). A finished handshake yields a
+//! [`Conn`] whose [`ConnInfo`] — the caller's identity, read once — reaches
+//! every request on it as a request extension (tonic's `Connected`).
+//!
+//! Dialing: [`channel`] makes a lazily connecting tonic channel whose
+//! connector dials TCP, runs the TLS handshake with the process's current
+//! certificate, and, when told which witness it expects, refuses a server
+//! whose certificate names another node id.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::Trust;
+use super::identity::{Identity, Principal};
+use crate::raft::types::NodeId;
+
+/// A client must finish its TLS handshake within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at once, per port; more connections wait in the
+/// kernel's backlog, and are closed if they find no slot when accepted.
+pub const MAX_HANDSHAKES: usize = 128;
+/// Finished connections waiting for the server to take them.
+const ACCEPTED_QUEUE: usize = 64;
+
+/// Which of a witness's ports a listener serves: they differ in ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    Grpc,
+    Http,
+}
+
+/// The caller on one connection, as its certificate says.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: Identity,
+    pub chain: Arc<Vec<CertificateDer<'static>>>,
+    /// [`Trust::generation`] when the handshake was checked.
+    pub generation: u64,
+}
+
+/// What a request knows of its connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub remote: Option<SocketAddr>,
+    /// `None` on a plaintext port (`insecure = true`).
+    pub caller: Option<Arc<Caller>>,
+}
+
+impl ConnInfo {
+    /// The caller's principal, if the connection is authenticated.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.caller.as_ref().map(|c| &c.identity.principal)
+    }
+}
+
+/// The stream under a connection: plaintext or TLS.
+pub enum Stream<IO> {
+    Plain(IO),
+    Tls(Box<tokio_rustls::server::TlsStream<IO>>),
+}
+
+/// One accepted connection and what is known of its caller.
+pub struct Conn<IO> {
+    stream: Stream<IO>,
+    info: ConnInfo,
+}
+
+impl<IO> Conn<IO> {
+    /// A plaintext connection: no caller identity.
+    pub fn plain(io: IO, remote: Option<SocketAddr>) -> Conn<IO> {
+        Conn {
+            stream: Stream::Plain(io),
+            info: ConnInfo {
+                remote,
+                caller: None,
+            },
+        }
+    }
+
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+}
+
+impl<IO> Connected for Conn<IO> {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+macro_rules! delegate_io {
+    ($ty:ident, $($variant:ident),+) => {
+        impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for $ty<IO> {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut().inner() {
+                    $(Inner::$variant(s) => Pin::new(s).poll_read(cx, buf),)+
+                }
+            }
+        }
+
+        impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for $ty<IO> {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut().inner() {
+                    $(Inner::$variant(s) => Pin::new(s).poll_write(cx, buf),)+
+                }
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut().inner() {
+                    $(Inner::$variant(s) => Pin::new(s).poll_write_vectored(cx, bufs),)+
+                }
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                true
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut().inner() {
+                    $(Inner::$variant(s) => Pin::new(s).poll_flush(cx),)+
+                }
+            }
+
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut().inner() {
+                    $(Inner::$variant(s) => Pin::new(s).poll_shutdown(cx),)+
+                }
+            }
+        }
+    };
+}
+
+/// A borrowed view of either stream kind, so the I/O traits are written once
+/// for the server's and the client's connections.
+enum Inner<'a, P, T> {
+    Plain(&'a mut P),
+    Tls(&'a mut T),
+}
+
+impl<IO> Conn<IO> {
+    fn inner(&mut self) -> Inner<'_, IO, tokio_rustls::server::TlsStream<IO>> {
+        match &mut self.stream {
+            Stream::Plain(s) => Inner::Plain(s),
+            Stream::Tls(s) => Inner::Tls(s.as_mut()),
+        }
+    }
+}
+
+delegate_io!(Conn, Plain, Tls);
+
+/// A client's connection to a witness: plaintext or TLS.
+pub struct ClientConn<IO> {
+    stream: ClientStream<IO>,
+}
+
+enum ClientStream<IO> {
+    Plain(IO),
+    Tls(Box<tokio_rustls::client::TlsStream<IO>>),
+}
+
+impl<IO> ClientConn<IO> {
+    fn inner(&mut self) -> Inner<'_, IO, tokio_rustls::client::TlsStream<IO>> {
+        match &mut self.stream {
+            ClientStream::Plain(s) => Inner::Plain(s),
+            ClientStream::Tls(s) => Inner::Tls(s.as_mut()),
+        }
+    }
+}
+
+delegate_io!(ClientConn, Plain, Tls);
+
+/// Accepted connections of one port, as tonic's `serve_with_incoming` and
+/// axum's `serve` take them.
+pub struct Incoming {
+    rx: mpsc::Receiver<Conn<TcpStream>>,
+    local: SocketAddr,
+}
+
+impl Incoming {
+    /// Accept on `listener`: TLS with `trust`'s current certificate when
+    /// given, plaintext otherwise. The accepting task ends when the
+    /// `Incoming` is dropped.
+    pub fn new(listener: TcpListener, trust: Option<Arc<Trust>>, port: Port) -> Incoming {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
+        tokio::spawn(accept_loop(listener, trust, port, tx));
+        Incoming { rx, local }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl futures::Stream for Incoming {
+    type Item = io::Result<Conn<TcpStream>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx).map(|c| c.map(Ok))
+    }
+}
+
+impl axum::serve::Listener for Incoming {
+    type Io = Conn<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => {
+                let remote = conn.info.remote.unwrap_or(self.local);
+                (conn, remote)
+            }
+            // The accepting task only ends when this is dropped; never
+            // return a connection that does not exist.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Incoming>>
+    for ConnInfo
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Incoming>) -> Self {
+        stream.io().info.clone()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    trust: Option<Arc<Trust>>,
+    port: Port,
+    tx: mpsc::Sender<Conn<TcpStream>>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let accepted = tokio::select! {
+            _ = tx.closed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin.
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Small RPCs must not wait for Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+        let Some(trust) = trust.clone() else {
+            if tx.send(Conn::plain(tcp, Some(remote))).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            trust.note_handshake_failure(remote, "too many handshakes in progress");
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&trust, tcp, remote, port))
+                .await
+            {
+                Ok(Ok(conn)) => {
+                    let _ = tx.send(conn).await;
+                }
+                Ok(Err(why)) => trust.note_handshake_failure(remote, &why),
+                Err(_) => trust.note_handshake_failure(
+                    remote,
+                    &format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+                ),
+            }
+        });
+    }
+}
+
+async fn handshake(
+    trust: &Trust,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    port: Port,
+) -> Result<Conn<TcpStream>, String> {
+    let material = trust.current();
+    let generation = trust.generation();
+    let config = match port {
+        Port::Grpc => material.grpc_server.clone(),
+        Port::Http => material.http_server.clone(),
+    };
+    let tls = tokio_rustls::TlsAcceptor::from(config)
+        .accept(tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let chain: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    // The verifier already demanded a certificate and read it; reading it
+    // again here cannot fail, but say so if it ever does.
+    let leaf = chain
+        .first()
+        .ok_or_else(|| "no client certificate".to_string())?;
+    let identity = super::pki::cert_info(leaf)?.identity;
+    Ok(Conn {
+        stream: Stream::Tls(Box::new(tls)),
+        info: ConnInfo {
+            remote: Some(remote),
+            caller: Some(Arc::new(Caller {
+                identity,
+                chain: Arc::new(chain),
+                generation,
+            })),
+        },
+    })
+}
+
+/// Which witness a client expects at the other end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dial {
+    /// Any witness of the cluster (agents, `witnessctl`).
+    AnyWitness,
+    /// This node id (Raft between witnesses, forwarding to the leader).
+    Witness(NodeId),
+}
+
+/// A lazily connecting channel through `endpoint` (whose URI is
+/// `http://host:port`): TLS with `trust`'s current certificate when given.
+/// `endpoint`'s connect timeout bounds the TCP connect and the handshake.
+pub fn channel(endpoint: Endpoint, trust: Option<Arc<Trust>>, expect: Dial) -> Channel {
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
+        let trust = trust.clone();
+        async move { dial(&uri, trust.as_deref(), expect).await }
+    }))
+}
+
+async fn dial(
+    uri: &Uri,
+    trust: Option<&Trust>,
+    expect: Dial,
+) -> io::Result<hyper_util::rt::TokioIo<ClientConn<TcpStream>>> {
+    let host = uri.host().unwrap_or_default();
+    // `[::1]` in a URI is `::1` to a resolver.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let Some(trust) = trust else {
+        return Ok(hyper_util::rt::TokioIo::new(ClientConn {
+            stream: ClientStream::Plain(tcp),
+        }));
+    };
+    let material = trust.current();
+    let name = ServerName::try_from(host.clone()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{host:?} is not a host name: {e}"),
+        )
+    })?;
+    let tls = tokio_rustls::TlsConnector::from(material.client.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| explain_handshake(e, &host, port))?;
+    if let Dial::Witness(id) = expect {
+        let who = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| super::pki::cert_info(c).map(|i| i.identity));
+        match who {
+            Some(Ok(Identity {
+                principal: Principal::Peer { id: got },
+                ..
+            })) if got == id => {}
+            Some(Ok(other)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{host}:{port} presented {other}, not witness node {id}: the membership's \
+                         address for node {id} reaches another witness"
+                    ),
+                ));
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{host}:{port} presented no readable certificate"),
+                ));
+            }
+        }
+    }
+    Ok(hyper_util::rt::TokioIo::new(ClientConn {
+        stream: ClientStream::Tls(Box::new(tls)),
+    }))
+}
+
+/// A handshake error in words an operator can act on.
+fn explain_handshake(e: io::Error, host: &str, port: u16) -> io::Error {
+    let text = e.to_string();
+    let hint = if text.contains("UnknownCA") || text.contains("unknown issuer") {
+        "the two ends trust different CAs: check tls.ca on both"
+    } else if text.contains("CertificateExpired") || text.contains("expired") {
+        "a certificate has expired: reissue it with `witness certs`"
+    } else if text.contains("BadCertificate")
+        || text.contains("AccessDenied")
+        || text.contains("CertificateRequired")
+        || text.contains("CertificateRevoked")
+    {
+        "the witness refused this certificate (another cluster, no identity, or on its deny \
+         list): see the witness's log"
+    } else if text.contains("InvalidCertificate") {
+        "the server's certificate is not a witness certificate of this cluster"
+    } else {
+        "is it a witness's gRPC port, with TLS on?"
+    };
+    io::Error::new(
+        e.kind(),
+        format!("TLS handshake with {host}:{port} failed: {text} ({hint})"),
+    )
+}
