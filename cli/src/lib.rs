@@ -23,12 +23,14 @@ pub mod topology;
 pub mod watch;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tonic::transport::{Channel, Endpoint};
 use witness_proto::admin_client::AdminClient;
 use witness_proto::*;
+use witness_trust::{Dial, Expect, TlsFiles, Trust};
 
 pub use witness_proto::json::{directives_json, history_json, members_json, status_json};
 
@@ -50,6 +52,19 @@ pub struct Cli {
     /// Give up on an endpoint after this long (humantime, e.g. 5s).
     #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
+    /// The cluster CA's certificate (PEM).
+    #[arg(long, env = "WITNESS_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Your viewer or operator certificate (PEM), made by `witness certs`.
+    #[arg(long, env = "WITNESS_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "WITNESS_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// Talk plaintext, to a cluster whose witnesses run `insecure = true`
+    /// (a developer's laptop only).
+    #[arg(long, env = "WITNESS_INSECURE", global = true)]
+    pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -885,6 +900,7 @@ where
             "no endpoints: pass --endpoints host:port[,host:port…] or set WITNESS_ENDPOINTS".into(),
         ));
     }
+    let trust = cli.trust()?;
     let mut failures = Vec::new();
     let mut unavailable = Vec::new();
     for endpoint in cli
@@ -902,7 +918,8 @@ where
             .map_err(|e| CtlError::Usage(format!("bad endpoint {endpoint:?}: {e}")))?
             .connect_timeout(cli.timeout)
             .timeout(cli.timeout);
-        let channel = match tokio::time::timeout(cli.timeout, ep.connect()).await {
+        let connect = witness_trust::conn::connect(ep, trust.clone(), Dial::AnyWitness);
+        let channel = match tokio::time::timeout(cli.timeout, connect).await {
             Ok(Ok(ch)) => ch,
             Ok(Err(e)) => {
                 failures.push(format!("{endpoint}: {}", source_chain(&e)));
@@ -951,6 +968,44 @@ where
                 message: all.join("; "),
             })
         }
+    }
+}
+
+impl Cli {
+    /// The certificate to present, loaded and checked (`None` with
+    /// `--insecure`). Any problem is a usage error that says what to fix.
+    pub fn trust(&self) -> Result<Option<Arc<Trust>>, CtlError> {
+        let given = [&self.ca, &self.cert, &self.key];
+        if self.insecure {
+            if given.iter().any(|p| p.is_some()) {
+                return Err(CtlError::Usage(
+                    "--insecure and a certificate (--ca/--cert/--key or WITNESS_CA/WITNESS_CERT/\
+                     WITNESS_KEY) were both given; drop one"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
+            return Err(CtlError::Usage(
+                "witnessctl needs your certificate: pass --ca, --cert and --key (or set \
+                 WITNESS_CA, WITNESS_CERT and WITNESS_KEY) with a viewer or operator certificate \
+                 made by `witness certs`; only for witnesses running insecure = true, pass \
+                 --insecure"
+                    .into(),
+            ));
+        };
+        Trust::load(
+            TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                deny: None,
+            },
+            Expect::Admin,
+        )
+        .map(Some)
+        .map_err(CtlError::Usage)
     }
 }
 

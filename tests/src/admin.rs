@@ -6,7 +6,7 @@
 //! that failed is dropped so the next call reconnects.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -17,13 +17,25 @@ use witness_proto::{StatusReply, StatusRequest};
 pub struct Admin {
     runtime: tokio::runtime::Runtime,
     timeout: Duration,
+    /// The lab operator's certificate.
+    trust: Arc<witness::trust::Trust>,
     clients: Mutex<HashMap<String, AdminClient<Channel>>>,
 }
 
 impl Admin {
-    /// A client whose every call (connection included) ends within `timeout`.
+    /// A client whose every call (connection included) ends within
+    /// `timeout`, presenting the operator certificate of cluster `e2e`.
     pub fn new(timeout: Duration) -> Admin {
+        Admin::for_cluster(timeout, "e2e")
+    }
+
+    /// As [`Admin::new`], for the witnesses of `cluster`.
+    pub fn for_cluster(timeout: Duration, cluster: &str) -> Admin {
+        let files = jepsen::lab::pki::Pki::shared(cluster).operator();
+        let trust = witness::trust::Trust::load(files, witness::trust::Expect::Admin)
+            .unwrap_or_else(|e| panic!("the lab operator's certificate: {e}"));
         Admin {
+            trust,
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -42,6 +54,7 @@ impl Admin {
             .unwrap_or_else(|p| p.into_inner())
             .remove(addr);
         let timeout = self.timeout;
+        let trust = self.trust.clone();
         let (reply, client) = self.runtime.block_on(async move {
             let client = match cached {
                 Some(c) => c,
@@ -50,7 +63,11 @@ impl Admin {
                         .ok()?
                         .connect_timeout(timeout)
                         .tcp_nodelay(true);
-                    AdminClient::new(ep.connect_lazy())
+                    AdminClient::new(witness::trust::conn::channel(
+                        ep,
+                        Some(trust.clone()),
+                        witness::trust::Dial::AnyWitness,
+                    ))
                 }
             };
             let mut c = client.clone();

@@ -8,7 +8,11 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub use jepsen::lab::pki::Pki;
+pub use witness::trust::TlsFiles;
 
 use serde_json::Value;
 
@@ -183,6 +187,7 @@ impl Cluster {
             peers.push(spec.clone());
         }
         let mut toml = node_toml(&self.cluster_name, &spec, &peers, &self.data_dir(spec.id));
+        toml.push_str(&Pki::table(&self.pki().peer(spec.id)));
         toml.push_str(&self.extra_toml);
         fs::write(self.config_path(spec.id), toml).expect("write node config");
         self.nodes.push(spec);
@@ -333,15 +338,33 @@ impl Cluster {
             .join(",")
     }
 
-    /// Run `witnessctl` against `endpoints`.
+    /// This cluster's CA and certificates.
+    pub fn pki(&self) -> Arc<Pki> {
+        Pki::shared(&self.cluster_name)
+    }
+
+    /// Run `witnessctl` against `endpoints`, as the lab's operator.
     pub fn ctl_at(&self, endpoints: &str, args: &[&str]) -> Output {
+        self.ctl_as(&self.pki().operator(), endpoints, args)
+    }
+
+    /// Run `witnessctl` against `endpoints`, presenting `files`.
+    pub fn ctl_as(&self, files: &TlsFiles, endpoints: &str, args: &[&str]) -> Output {
         Command::new(witnessctl_bin())
             .arg("--endpoints")
             .arg(endpoints)
             .args(args)
             .env_remove("WITNESS_ENDPOINTS")
+            .env_remove("WITNESS_INSECURE")
+            .envs(Pki::ctl_env(files))
             .output()
             .expect("run witnessctl")
+    }
+
+    /// A GET on node `id`'s HTTP port over mutual TLS, as the lab's viewer.
+    pub fn http_get(&self, id: u64, path: &str) -> Option<(u16, String)> {
+        let addr = format!("127.0.0.1:{}", self.spec(id).http);
+        Pki::https_get(&self.pki().viewer(), &addr, path)
     }
 
     /// Run `witnessctl` against every running node.
@@ -423,8 +446,18 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-/// A plain HTTP/1.0 GET on loopback: (status code, body).
+/// A GET on a witness's HTTP port on loopback, over mutual TLS as the
+/// viewer of the `e2e` cluster: (status code, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    Pki::https_get(
+        &Pki::shared("e2e").viewer(),
+        &format!("127.0.0.1:{port}"),
+        path,
+    )
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+pub fn plain_http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;

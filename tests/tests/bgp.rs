@@ -193,7 +193,7 @@ fn agents_move_the_vip_route_to_the_new_site_only_after_the_old_one_fenced() {
     };
     let lab = BgpLab::start_on(&c.net);
     let (a, b) = (lab.addr("a-proxy"), lab.addr("b-proxy"));
-    let agents = AgentLab::new(FAKE);
+    let agents = AgentLab::new(FAKE).in_cluster(witness_e2e::netcluster::CLUSTER);
     let start = |host: &str, site: &str, order: &[u64]| {
         let spec = AgentSpec::new(host, site, "proxy").bgp(&lab.bgp_toml(host));
         agents.start_via(&spec, &c.endpoints(order), |argv| {

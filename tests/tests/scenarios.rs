@@ -184,7 +184,7 @@ fn link_between_data_sites_cut(tag: &str, octet: u8, leader: u64) {
     // It reports no healthy service, so the agents' veto (DESIGN.md §3.3)
     // plays no part: only the detection quorum can hold the failover.
     let lease = unhealthy_dc_a_agent(&c);
-    let lab = AgentLab::new(FAKE);
+    let lab = AgentLab::new(FAKE).in_cluster(netcluster::CLUSTER);
     let agents = dc_a_agents(&c, &lab);
 
     let cut = Instant::now();

@@ -1,7 +1,7 @@
 //! The `witness` binary's commands, as library functions so tests can call
 //! them and the binary stays thin.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -190,4 +190,163 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// `witness certs …`: the cluster CA and its certificates (see
+/// [`crate::trust::certs`] and docs/SECURITY.md).
+#[derive(clap::Args, Debug)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub command: CertsCommand,
+}
+
+/// Where a certificate is issued from and written to.
+#[derive(clap::Args, Debug)]
+pub struct IssueArgs {
+    /// The CA's directory (ca.pem, ca.key).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Where to write the certificate and key (default: the CA's directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Lifetime in days.
+    #[arg(long, default_value_t = crate::trust::certs::LEAF_DAYS)]
+    pub days: u32,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Make the cluster CA: DIR/ca.pem and DIR/ca.key (mode 0600; keep it offline).
+    Ca {
+        /// The cluster's name (node.cluster of every witness).
+        #[arg(long)]
+        cluster: String,
+        /// Where to write it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = crate::trust::certs::CA_DAYS)]
+        days: u32,
+        /// Replace an existing CA (every certificate it issued stops working).
+        #[arg(long)]
+        force: bool,
+    },
+    /// A witness's certificate (peer-ID.pem, peer-ID.key).
+    Peer {
+        /// Its node id (node.id).
+        #[arg(long)]
+        id: u64,
+        /// A DNS name or IP address it is reached at, for browsers and curl
+        /// (repeatable); witnesses check the identity, not the host.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        #[command(flatten)]
+        issue: IssueArgs,
+    },
+    /// An agent's certificate (agent-SITE-NAME.pem/.key).
+    Agent {
+        /// Its site (agent.site).
+        #[arg(long)]
+        site: String,
+        /// Its name (agent.name).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        issue: IssueArgs,
+    },
+    /// An operator's certificate: may change things (operator-NAME.pem/.key).
+    Operator {
+        /// The name recorded in history for this operator's actions.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        issue: IssueArgs,
+    },
+    /// A read-only operator's certificate (viewer-NAME.pem/.key).
+    Viewer {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        issue: IssueArgs,
+    },
+    /// Print the identity, serial and validity of certificate files.
+    Show {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// `witness certs …`.
+pub fn certs(args: &CertsArgs) -> anyhow::Result<()> {
+    use crate::trust::{Principal, certs, identity::check_name};
+    let now = crate::trust::unix_now();
+    let name = |what: &str, value: &str| {
+        check_name(value).map_err(|e| anyhow::anyhow!("--{what}: {e}"))
+    };
+    let (principal, hosts, issue) = match &args.command {
+        CertsCommand::Ca {
+            cluster,
+            dir,
+            days,
+            force,
+        } => {
+            let (cert, key) =
+                certs::init_ca(dir, cluster, *days, *force, now).map_err(anyhow::Error::msg)?;
+            println!("CA of cluster {cluster:?}: {} and {}", cert.display(), key.display());
+            println!("Keep {} offline once the certificates are issued.", key.display());
+            return Ok(());
+        }
+        CertsCommand::Show { files } => {
+            for file in files {
+                print!("{}", certs::describe(file).map_err(anyhow::Error::msg)?);
+            }
+            return Ok(());
+        }
+        CertsCommand::Peer { id, hosts, issue } => {
+            if *id == 0 {
+                anyhow::bail!("--id: node ids start at 1");
+            }
+            (Principal::Peer { id: *id }, hosts.clone(), issue)
+        }
+        CertsCommand::Agent { site, name: n, issue } => {
+            name("site", site)?;
+            name("name", n)?;
+            let principal = Principal::Agent {
+                site: site.clone(),
+                name: n.clone(),
+            };
+            (principal, Vec::new(), issue)
+        }
+        CertsCommand::Operator { name: n, issue } => {
+            name("name", n)?;
+            (Principal::Operator { name: n.clone() }, Vec::new(), issue)
+        }
+        CertsCommand::Viewer { name: n, issue } => {
+            name("name", n)?;
+            (Principal::Viewer { name: n.clone() }, Vec::new(), issue)
+        }
+    };
+    let out = issue.out.as_ref().unwrap_or(&issue.dir);
+    let shown = principal.clone();
+    let (cert, key) = certs::issue_into(
+        &issue.dir,
+        out,
+        principal,
+        &hosts,
+        issue.days,
+        issue.force,
+        now,
+    )
+    .map_err(anyhow::Error::msg)?;
+    println!(
+        "{} {:?}: {} and {} (key mode 0600)",
+        shown.role(),
+        shown.name(),
+        cert.display(),
+        key.display()
+    );
+    Ok(())
 }

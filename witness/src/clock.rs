@@ -31,8 +31,5 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// `unix_secs` as `YYYY-MM-DD HH:MM:SS UTC`, for logs and messages.
-pub fn format_unix(unix_secs: i64) -> String {
-    let (y, mo, d, h, mi, s) = witness_proto::civil_utc(unix_secs.max(0) as u64);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
-}
+
+pub use witness_trust::format_unix;

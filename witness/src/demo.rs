@@ -183,7 +183,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             &format!("w{id}"),
         )?;
     }
-    let ready = wait_ready(&ports, Duration::from_secs(30)).await;
+    let ready = wait_ready(&lab, &ports, Duration::from_secs(30)).await;
     if let Err(e) = ready {
         procs.stop().await;
         bail!("{e}; see the logs in {}", dir.display());
@@ -197,9 +197,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> = (1..=3)
         .map(|w| format!("127.0.0.1:{}", ports.grpc(w)))
         .collect();
-    print_banner(&dir, &ports, &endpoints, args.data_dir.is_some());
+    print_banner(&lab, &ports, &endpoints, args.data_dir.is_some());
 
-    let timeline = tokio::spawn(timeline(endpoints.clone()));
+    let timeline = tokio::spawn(timeline(ctl_cli(
+        &lab,
+        &endpoints,
+        witnessctl::Command::Watch {
+            interval: TIMELINE_INTERVAL,
+        },
+    )));
     let actions = tokio::spawn(tail_actions(lab.actions_log()));
 
     // Installed once, before the loop: a signal that arrives while a
@@ -271,7 +277,7 @@ async fn control(
         ["quit" | "exit"] => return false,
         ["help"] => print_controls(),
         ["status"] => {
-            let cli = ctl_cli(endpoints, witnessctl::Command::Status { local: false });
+            let cli = ctl_cli(lab, endpoints, witnessctl::Command::Status { local: false });
             match witnessctl::execute(&cli).await {
                 Ok(text) => println!("{text}"),
                 Err(e) => say(&format!("status: {e}")),
@@ -323,19 +329,29 @@ async fn control(
     true
 }
 
-fn ctl_cli(endpoints: &[String], command: witnessctl::Command) -> witnessctl::Cli {
+/// The operator the demo's witnessctl calls act as.
+const DEMO_OPERATOR: &str = "demo";
+
+fn ctl_cli(lab: &Lab, endpoints: &[String], command: witnessctl::Command) -> witnessctl::Cli {
+    let (ca, cert, key) = lab.tls_files(&format!("operator-{DEMO_OPERATOR}"));
     witnessctl::Cli {
         endpoints: endpoints.to_vec(),
         output: witnessctl::Output::Table,
         timeout: Duration::from_secs(3),
+        ca: Some(ca),
+        cert: Some(cert),
+        key: Some(key),
+        insecure: false,
         command,
     }
 }
 
 /// `witnessctl watch`'s events, printed as they come, until aborted.
-async fn timeline(endpoints: Vec<String>) {
-    let interval = Duration::from_millis(250);
-    let cli = ctl_cli(&endpoints, witnessctl::Command::Watch { interval });
+/// How often the timeline reads the cluster.
+const TIMELINE_INTERVAL: Duration = Duration::from_millis(250);
+
+async fn timeline(cli: witnessctl::Cli) {
+    let interval = TIMELINE_INTERVAL;
     let started = Instant::now();
     loop {
         let forever = std::future::pending::<()>();
@@ -398,13 +414,14 @@ fn say(text: &str) {
     );
 }
 
-fn print_banner(dir: &Path, ports: &Ports, endpoints: &[String], kept: bool) {
+fn print_banner(lab: &Lab, ports: &Ports, endpoints: &[String], kept: bool) {
+    let dir = &lab.dir;
     println!();
     println!("Witness demo: three witnesses, two mail sites with agents, and Consul, on 127.0.0.1");
     println!();
     for (id, site) in [(1u16, "dc-a"), (2, "dc-b"), (3, "dc-c")] {
         println!(
-            "  witness w{id} ({site})  gRPC 127.0.0.1:{}  HTTP http://127.0.0.1:{}/  (/metrics, /readyz)",
+            "  witness w{id} ({site})  gRPC 127.0.0.1:{}  HTTP https://127.0.0.1:{}/  (/metrics, /readyz)",
             ports.grpc(id),
             ports.http(id)
         );
@@ -425,8 +442,19 @@ fn print_banner(dir: &Path, ports: &Ports, endpoints: &[String], kept: bool) {
         if kept { "" } else { " (removed on exit)" }
     );
     println!();
+    let (ca, cert, key) = lab.tls_files(&format!("operator-{DEMO_OPERATOR}"));
+    println!(
+        "Every port takes mutual TLS; the demo's CA and certificates are in {}.",
+        lab.tls_dir().display()
+    );
     println!("In another terminal:");
     println!("  export WITNESS_ENDPOINTS={}", endpoints.join(","));
+    println!(
+        "  export WITNESS_CA={} WITNESS_CERT={} WITNESS_KEY={}",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
     println!(
         "  witnessctl status          # who leads, which site is active, what each witness sees"
     );
@@ -435,6 +463,10 @@ fn print_banner(dir: &Path, ports: &Ports, endpoints: &[String], kept: bool) {
     println!("  witnessctl directives list # the failover's promotion and its progress");
     println!(
         "  witnessctl freeze --reason \"maintenance\"   /   witnessctl unfreeze --reason \"done\""
+    );
+    println!(
+        "  curl --cacert $WITNESS_CA --cert $WITNESS_CERT --key $WITNESS_KEY https://127.0.0.1:{}/status.json",
+        ports.http(1)
     );
     println!(
         "(witnessctl is target/release/witnessctl after `cargo build --release -p witnessctl`)"
@@ -455,15 +487,21 @@ fn print_controls() {
 }
 
 /// Wait until every witness answers `/readyz` with 200.
-async fn wait_ready(ports: &Ports, within: Duration) -> anyhow::Result<()> {
+async fn wait_ready(lab: &Lab, ports: &Ports, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
+    // The HTTP port takes mutual TLS too: read it as the demo's viewer.
+    let (ca, cert, key) = lab.tls_files("viewer-oncall");
+    let mut identity = fs::read(&cert)?;
+    identity.extend(fs::read(&key)?);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
+        .add_root_certificate(reqwest::Certificate::from_pem(&fs::read(&ca)?)?)
+        .identity(reqwest::Identity::from_pem(&identity)?)
         .build()?;
     loop {
         let mut ready = 0;
         for id in 1..=3 {
-            let url = format!("http://127.0.0.1:{}/readyz", ports.http(id));
+            let url = format!("https://127.0.0.1:{}/readyz", ports.http(id));
             if let Ok(r) = client.get(&url).send().await
                 && r.status().is_success()
             {
@@ -652,6 +690,7 @@ impl Lab {
             dir: dir.to_path_buf(),
         };
         fs::write(lab.policy(), policy_toml(ports)).context("writing the policy")?;
+        lab.issue_certificates().map_err(|e| anyhow::anyhow!(e))?;
         let peers: String = (1..=3u16)
             .map(|id| {
                 format!(
@@ -666,11 +705,12 @@ impl Lab {
             let toml = format!(
                 "[node]\nid = {id}\nname = \"w{id}\"\nsite = \"{site}\"\ncluster = \"demo\"\n\
                  listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n\n\
-                 {peers}[consul]\naddress = \"127.0.0.1:{}\"\ntimeout = \"1s\"\n",
+                 {peers}[consul]\naddress = \"127.0.0.1:{}\"\ntimeout = \"1s\"\n\n{}",
                 ports.grpc(id),
                 ports.http(id),
                 dir.join(format!("w{id}")).display(),
-                ports.consul()
+                ports.consul(),
+                lab.tls_table(&format!("peer-{id}")),
             );
             fs::write(lab.witness_config(id), toml)?;
         }
@@ -709,15 +749,71 @@ impl Lab {
                      witnesses = [{}]\nfence_timeout = \"1s\"\nstate_log = \"{}\"\n\
                      health_check = {{ argv = [\"/bin/sh\", \"-c\", \"test -e {}\"], timeout = \"1s\" }}\n\n\
                      [hooks]\nactivate = [{hook}]\ndeactivate = [{hook}]\nfence = [{hook}]\n\
-                     unfence = [{hook}]\n\n[watchdog]\nmode = \"off\"\n{carbonio}",
+                     unfence = [{hook}]\n\n[watchdog]\nmode = \"off\"\n{carbonio}\n{}",
                     witnesses.join(", "),
                     lab.dir.join(format!("{agent}-state.jsonl")).display(),
                     lab.up_marker(i).display(),
+                    lab.tls_table(&format!("agent-{site}-{agent}")),
                 );
                 fs::write(lab.agent_config(agent), toml)?;
             }
         }
         Ok(lab)
+    }
+
+    /// The demo's own CA and every certificate it needs, as `witness certs`
+    /// makes them: a peer certificate per witness, one per agent, and an
+    /// operator (`demo`) and a viewer (`oncall`) for witnessctl.
+    fn issue_certificates(&self) -> Result<(), String> {
+        use crate::trust::{Principal, certs};
+        let tls = self.tls_dir();
+        let now = crate::trust::unix_now();
+        certs::init_ca(&tls, "demo", 30, false, now)?;
+        let mut principals: Vec<Principal> =
+            (1..=3).map(|id| Principal::Peer { id }).collect();
+        for (site, mbox, proxy, _) in SITES {
+            for name in [mbox, proxy] {
+                principals.push(Principal::Agent {
+                    site: site.to_string(),
+                    name: name.to_string(),
+                });
+            }
+        }
+        principals.push(Principal::Operator {
+            name: DEMO_OPERATOR.into(),
+        });
+        principals.push(Principal::Viewer {
+            name: "oncall".into(),
+        });
+        for principal in principals {
+            certs::issue_into(&tls, &tls, principal, &["127.0.0.1".into()], 30, false, now)?;
+        }
+        Ok(())
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// `(ca, cert, key)` of a certificate `witness certs` wrote as `stem`.
+    fn tls_files(&self, stem: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let tls = self.tls_dir();
+        (
+            tls.join(crate::trust::certs::CA_CERT),
+            tls.join(format!("{stem}.pem")),
+            tls.join(format!("{stem}.key")),
+        )
+    }
+
+    /// The `[tls]` table of a node or agent file.
+    fn tls_table(&self, stem: &str) -> String {
+        let (ca, cert, key) = self.tls_files(stem);
+        format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            ca.display(),
+            cert.display(),
+            key.display()
+        )
     }
 
     fn policy(&self) -> PathBuf {

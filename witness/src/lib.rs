@@ -21,4 +21,4 @@ pub mod sabotage;
 pub mod server;
 pub mod sim;
 pub mod state;
-pub mod trust;
+pub use witness_trust as trust;

@@ -232,6 +232,9 @@ pub struct Node {
     pub raft: Raft,
     pub identity: Arc<Identity>,
     pub net: Arc<NetContext>,
+    /// This witness's certificates; `None` when its file says
+    /// `insecure = true`.
+    pub trust: Option<Arc<crate::trust::Trust>>,
     pub state: StateReader,
     pub config: NodeConfig,
     store: Option<Arc<Store>>,
@@ -310,7 +313,18 @@ impl Node {
                 "timer check passed (details: `witness check-config`)"
             );
         }
-        Self::start_with(config, identity, log, sm, Some(store), meta.bootstrap, None).await
+        let trust = config.trust().map_err(|e| anyhow!(e))?;
+        Self::start_with(
+            config,
+            identity,
+            log,
+            sm,
+            Some(store),
+            meta.bootstrap,
+            None,
+            trust,
+        )
+        .await
     }
 
     /// Start over any storage (the simulation and tests use memory stores).
@@ -322,6 +336,7 @@ impl Node {
         store: Option<Arc<Store>>,
         bootstrap: Option<Bootstrap>,
         dialer: Option<crate::raft::network::Dialer>,
+        trust: Option<Arc<crate::trust::Trust>>,
     ) -> anyhow::Result<Arc<Node>> {
         let raft_config = raft_config(&config)?;
         let mut log = log;
@@ -331,8 +346,13 @@ impl Node {
             s.last_log_id.map(|l| l.index).unwrap_or(0)
         };
         let (pin_tx, pin_rx) = mpsc::unbounded_channel();
-        let net =
-            NetContext::with_dialer(identity.clone(), pin_tx, config.raft.rpc_timeout, dialer);
+        let net = NetContext::with_dialer(
+            identity.clone(),
+            trust.clone(),
+            pin_tx,
+            config.raft.rpc_timeout,
+            dialer,
+        );
         let state = sm.reader();
         let raft = Raft::new(
             config.node.id,
@@ -347,6 +367,7 @@ impl Node {
             raft,
             identity,
             net,
+            trust,
             state,
             config,
             store,
@@ -858,7 +879,7 @@ async fn announce_until_admitted(node: Arc<Node>) {
             .iter()
             .filter(|p| p.id != node.config.node.id)
         {
-            let Ok(channel) = node.net.channel(&peer.addr) else {
+            let Ok(channel) = node.net.channel(peer.id, &peer.addr) else {
                 continue;
             };
             let req = HelloRequest {
@@ -907,11 +928,29 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let http = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("binding HTTP listen address {http_addr} (node.http_listen)"))?;
+    let plain_http = match config.node.plain_http_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding the plaintext probe address {addr} (node.plain_http_listen)")
+        })?),
+        None => None,
+    };
     let consul = match &config.consul {
         Some(section) if section.enabled => Some(section.resolve()?),
         _ => None,
     };
     let node = Node::start(config).await?;
+    match &node.trust {
+        Some(trust) => tracing::info!(
+            identity = %trust.own(),
+            expires = %crate::clock::format_unix(trust.current().own.not_after),
+            "mutual TLS on the gRPC and HTTP ports"
+        ),
+        None => tracing::warn!(
+            "INSECURE: this witness runs without TLS (tls.insecure = true): anyone who can reach \
+             its ports can act as a witness, an agent or an operator. Never run it so outside a \
+             developer's machine."
+        ),
+    }
     let transport = crate::probe::RealTransport::shared()
         .map_err(|e| anyhow!("starting the probe transport: {e}"))?;
     node.start_probing(consul, transport);
@@ -925,7 +964,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         "witness started"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let servers = crate::server::serve(node.clone(), grpc, http, stop_rx);
+    if let Some(trust) = &node.trust {
+        trust.spawn_reloader(stop_rx.clone());
+    }
+    let servers = crate::server::serve(node.clone(), grpc, http, plain_http, stop_rx);
     tokio::pin!(servers);
     tokio::select! {
         res = &mut servers => {

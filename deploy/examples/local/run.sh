@@ -7,6 +7,8 @@
 #
 # Nodes: w1 (dc-a) 127.0.0.1:7410, w2 (dc-b) :7420, w3 (dc-c) :7430;
 # HTTP /healthz and /readyz on :7411, :7421, :7431. Logs: /tmp/witness-local/wN.log
+# Every port takes mutual TLS: the first run makes a CA and the certificates
+# of the three witnesses and of an operator in /tmp/witness-local/tls.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,11 +22,21 @@ echo "building witness and witnessctl (release)…"
 cargo build --release --quiet -p witness -p witnessctl
 bin="$root/target/release"
 export WITNESS_ENDPOINTS=127.0.0.1:7410,127.0.0.1:7420,127.0.0.1:7430
+tls="$data/tls"
+me="${USER:-operator}"
+export WITNESS_CA="$tls/ca.pem" WITNESS_CERT="$tls/operator-$me.pem" WITNESS_KEY="$tls/operator-$me.key"
 
 if ! $keep; then
   rm -rf "$data"
 fi
 mkdir -p "$data"
+if [[ ! -f "$tls/ca.pem" ]]; then
+  "$bin/witness" certs ca --cluster local --dir "$tls" --days 30
+  for n in 1 2 3; do
+    "$bin/witness" certs peer --id $n --host 127.0.0.1 --dir "$tls" --days 30
+  done
+  "$bin/witness" certs operator --name "$me" --dir "$tls" --days 30
+fi
 if [[ ! -d "$data/w1" ]]; then
   "$bin/witness" init --config "$here/witness-1.toml" --policy "$here/cluster.toml"
 fi
@@ -69,11 +81,10 @@ done
 echo "waiting for the cluster to elect a leader and apply its policy…"
 for _ in $(seq 1 100); do
   ready=0
-  for port in 7411 7421 7431; do
-    if { exec 3<>/dev/tcp/127.0.0.1/$port; } 2>/dev/null; then
-      printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3
-      grep -q "200 OK" <&3 && ready=$((ready + 1))
-      exec 3<&- 3>&-
+  for port in 7410 7420 7430; do
+    if "$bin/witnessctl" --endpoints 127.0.0.1:$port --timeout 1s --output json \
+      status --local 2>/dev/null | grep -q '"ready": true'; then
+      ready=$((ready + 1))
     fi
   done
   [[ $ready == 3 ]] && break
@@ -85,6 +96,7 @@ cat <<TXT
 
 The cluster runs. In another terminal, try:
   export WITNESS_ENDPOINTS=$WITNESS_ENDPOINTS
+  export WITNESS_CA=$WITNESS_CA WITNESS_CERT=$WITNESS_CERT WITNESS_KEY=$WITNESS_KEY
   $bin/witnessctl status
   $bin/witnessctl members list
   $bin/witnessctl policy show

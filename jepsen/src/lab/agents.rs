@@ -137,6 +137,8 @@ pub struct HookRun {
 /// The shared files of a test's agents.
 pub struct AgentLab {
     pub dir: tempfile::TempDir,
+    /// The cluster whose CA issues the agents' certificates.
+    pub cluster: String,
 }
 
 impl AgentLab {
@@ -148,7 +150,18 @@ impl AgentLab {
             std::os::unix::fs::symlink(fake_carbonio, dir.path().join(name))
                 .expect("symlink the fake Carbonio CLI");
         }
-        AgentLab { dir }
+        AgentLab {
+            dir,
+            cluster: "e2e".into(),
+        }
+    }
+
+    /// The agents talk to witnesses of `cluster` (default `e2e`, the
+    /// loopback clusters; the namespace labs are
+    /// [`super::netcluster::CLUSTER`]).
+    pub fn in_cluster(mut self, cluster: &str) -> AgentLab {
+        self.cluster = cluster.to_string();
+        self
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -243,6 +256,9 @@ impl AgentLab {
                 None => "mode = \"off\"".to_string(),
             },
         );
+        s.push_str(&super::pki::Pki::table(
+            &super::pki::Pki::shared(&self.cluster).agent(&spec.site, &spec.name),
+        ));
         if spec.role == "mailstore" {
             s.push_str(&format!(
                 "\n[carbonio]\ncarbonio = \"{}\"\nzmprov = \"{}\"\nuser = \"root\"\n\

@@ -70,6 +70,9 @@ pub struct LeaseSpec {
     pub attempt_timeout: Duration,
     /// What the client reports as its local service's health at start.
     pub service_healthy: bool,
+    /// The cluster whose CA issues its agent certificate (for `site` and
+    /// `agent`).
+    pub cluster: String,
 }
 
 impl LeaseSpec {
@@ -90,7 +93,14 @@ impl LeaseSpec {
             // renew interval still fit in the default 3 s lease.
             attempt_timeout: witness::config::defaults::RENEW_INTERVAL * 2,
             service_healthy: true,
+            cluster: "e2e".to_string(),
         }
+    }
+
+    /// Renew with a certificate of `cluster` (default `e2e`).
+    pub fn in_cluster(mut self, cluster: &str) -> LeaseSpec {
+        self.cluster = cluster.to_string();
+        self
     }
 
     /// Report this service health from the start.
@@ -404,17 +414,40 @@ impl Drop for LeaseClient {
     }
 }
 
-/// A channel to `endpoint` that connects on first use, within `timeout`.
-fn channel(endpoint: &str, timeout: Duration) -> Result<WitnessClient<Channel>, String> {
+/// A channel to `endpoint` that connects on first use, within `timeout`,
+/// presenting `trust`'s agent certificate.
+fn channel(
+    endpoint: &str,
+    timeout: Duration,
+    trust: &Arc<witness::trust::Trust>,
+) -> Result<WitnessClient<Channel>, String> {
     let ep = Endpoint::from_shared(format!("http://{endpoint}"))
         .map_err(|e| format!("bad endpoint {endpoint}: {e}"))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
-    Ok(WitnessClient::new(ep.connect_lazy()))
+    Ok(WitnessClient::new(witness::trust::conn::channel(
+        ep,
+        Some(trust.clone()),
+        witness::trust::Dial::AnyWitness,
+    )))
+}
+
+/// The agent certificate a lease client presents.
+pub fn agent_trust(cluster: &str, site: &str, agent: &str) -> Arc<witness::trust::Trust> {
+    let files = super::pki::Pki::shared(cluster).agent(site, agent);
+    witness::trust::Trust::load(
+        files,
+        witness::trust::Expect::Agent {
+            site: site.into(),
+            name: agent.into(),
+        },
+    )
+    .unwrap_or_else(|e| panic!("the lab agent's certificate: {e}"))
 }
 
 /// The renewal loop (see the module doc).
 async fn renew(shared: Arc<Shared>, spec: LeaseSpec) {
+    let trust = agent_trust(&spec.cluster, &spec.site, &spec.agent);
     let n = spec.endpoints.len();
     let mut clients: Vec<Option<WitnessClient<Channel>>> = vec![None; n];
     let mut preferred = 0;
@@ -453,7 +486,7 @@ async fn renew(shared: Arc<Shared>, spec: LeaseSpec) {
             };
             let client = match clients[i].take() {
                 Some(c) => Ok(c),
-                None => channel(endpoint, spec.attempt_timeout),
+                None => channel(endpoint, spec.attempt_timeout, &trust),
             };
             let (outcome, client) = match client {
                 Err(why) => (Outcome::Failed(why), None),

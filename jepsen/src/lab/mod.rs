@@ -32,6 +32,7 @@ pub mod bgp;
 pub mod consul;
 pub mod lease;
 pub mod netcluster;
+pub mod pki;
 
 /// Generous bound for anything that needs a few elections on a loaded CI
 /// machine.

@@ -38,6 +38,7 @@ use std::time::Duration;
 use crate::{Host, Nemesis, Net, Proc, ProcSpec, Topology};
 use serde_json::Value;
 
+use super::pki::Pki;
 use super::lease::{LeaseClient, LeaseSpec};
 use super::{SETTLE, SiteSpec, TargetSpec, site_policy, text, wait_until, witness_bin};
 
@@ -309,11 +310,12 @@ impl NetCluster {
         for (id, host, site) in WITNESSES {
             let ip = self.ip(id);
             let toml = format!(
-                "[node]\nid = {id}\nname = \"{host}\"\nsite = \"{site}\"\ncluster = \"scenario\"\n\
+                "[node]\nid = {id}\nname = \"{host}\"\nsite = \"{site}\"\ncluster = \"{CLUSTER}\"\n\
                  listen = \"{ip}:{GRPC_PORT}\"\nhttp_listen = \"{ip}:{HTTP_PORT}\"\n\
-                 data_dir = \"{}\"\n\n{peers}{}",
+                 data_dir = \"{}\"\n\n{peers}{}\n{}",
                 self.dir.path().join(format!("data-{id}")).display(),
-                node_toml.get(&id).map_or("", String::as_str)
+                node_toml.get(&id).map_or("", String::as_str),
+                Pki::table(&self.pki().peer(id)),
             );
             fs::write(self.config_path(id), toml).expect("write node config");
         }
@@ -487,8 +489,15 @@ impl NetCluster {
             .exec(&Host::from(host), &argv)
             .expect("a command in the host's namespace")
             .env_remove("WITNESS_ENDPOINTS")
+            .env_remove("WITNESS_INSECURE")
+            .envs(Pki::ctl_env(&self.pki().operator()))
             .output()
             .expect("run witnessctl")
+    }
+
+    /// The cluster's CA and certificates (cluster name [`CLUSTER`]).
+    pub fn pki(&self) -> std::sync::Arc<Pki> {
+        Pki::shared(CLUSTER)
     }
 
     /// Run `witnessctl` from the operator's host against every witness.
@@ -598,6 +607,7 @@ impl NetCluster {
     /// Start a lease client inside `host`'s namespace, so partitions apply
     /// to it.
     pub fn lease_client(&self, host: &str, spec: LeaseSpec) -> LeaseClient {
+        let spec = spec.in_cluster(CLUSTER);
         let ns = self
             .net
             .netns(&Host::from(host))
@@ -638,6 +648,9 @@ impl Drop for NetCluster {
         }
     }
 }
+
+/// The cluster name of every namespace lab.
+pub const CLUSTER: &str = "scenario";
 
 fn witnessctl_path() -> OsString {
     super::witnessctl_bin().into_os_string()

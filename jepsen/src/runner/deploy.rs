@@ -176,7 +176,8 @@ impl Deployment {
         })?;
         let consul = consul.expect("started with the cluster");
         let bgp = BgpLab::start_on(&cluster.net);
-        let lab = AgentLab::new(&crate::lab::fake_carbonio_bin().display().to_string());
+        let lab = AgentLab::new(&crate::lab::fake_carbonio_bin().display().to_string())
+            .in_cluster(crate::lab::netcluster::CLUSTER);
         let mut d = Deployment {
             agents: BTreeMap::new(),
             services: BTreeMap::new(),

@@ -175,6 +175,9 @@ async fn reader(
 ) {
     let mut process = rec.process();
     let mut channel: Option<Channel> = None;
+    // GetVerdict is the Witness service's: the reader is an agent of the
+    // namespace lab's cluster (its own name, so it shares no agent row).
+    let trust = crate::lab::lease::agent_trust(crate::lab::netcluster::CLUSTER, "dc-a", "reader");
     while !stop.load(Ordering::Relaxed) {
         let op = |t_ms, kind, value, error| {
             Event::Op(Op {
@@ -193,10 +196,11 @@ async fn reader(
             Some(c) => c.clone(),
             None => match Endpoint::from_shared(format!("http://{addr}")) {
                 Ok(e) => {
-                    let c = e
-                        .connect_timeout(READ_TIMEOUT)
-                        .timeout(READ_TIMEOUT)
-                        .connect_lazy();
+                    let c = witness::trust::conn::channel(
+                        e.connect_timeout(READ_TIMEOUT).timeout(READ_TIMEOUT),
+                        Some(trust.clone()),
+                        witness::trust::Dial::AnyWitness,
+                    );
                     channel = Some(c.clone());
                     c
                 }

@@ -11,12 +11,14 @@
 //!
 //! Nothing here decides anything; it only carries calls.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use witness_proto::witness_client::WitnessClient;
+
+use crate::trust::{Dial, Trust};
 
 /// Between two keepalive pings on an idle connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -28,16 +30,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The witness endpoints of one agent, with a lazily made channel each.
 pub struct Witnesses {
     endpoints: Vec<String>,
-    channels: Mutex<Vec<Option<Channel>>>,
+    /// The agent's certificate; `None` when its file says `insecure = true`.
+    trust: Option<Arc<Trust>>,
+    /// Channels, and the certificate generation they were made with: after
+    /// a reload, new connections present the new certificate.
+    channels: Mutex<(u64, Vec<Option<Channel>>)>,
     preferred: AtomicUsize,
 }
 
 impl Witnesses {
     /// `endpoints` are `host:port` (validated by the agent's config).
-    pub fn new(endpoints: &[String]) -> Witnesses {
+    pub fn new(endpoints: &[String], trust: Option<Arc<Trust>>) -> Witnesses {
         Witnesses {
             endpoints: endpoints.to_vec(),
-            channels: Mutex::new(vec![None; endpoints.len()]),
+            trust,
+            channels: Mutex::new((0, vec![None; endpoints.len()])),
             preferred: AtomicUsize::new(0),
         }
     }
@@ -70,27 +77,33 @@ impl Witnesses {
 
     /// A client for endpoint `i`, connecting lazily.
     pub fn client(&self, i: usize) -> Result<WitnessClient<Channel>, String> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let (generation, channels) = &mut *guard;
+        let now = self.trust.as_ref().map_or(0, |t| t.generation());
+        if *generation != now {
+            channels.iter_mut().for_each(|c| *c = None);
+            *generation = now;
+        }
         if let Some(ch) = &channels[i] {
             return Ok(WitnessClient::new(ch.clone()));
         }
         let addr = &self.endpoints[i];
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("bad witness address {addr:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let ch = crate::trust::conn::channel(endpoint, self.trust.clone(), Dial::AnyWitness);
         channels[i] = Some(ch.clone());
         Ok(WitnessClient::new(ch))
     }
 
     /// Drop endpoint `i`'s channel after a failure: its next use reconnects.
     pub fn forget(&self, i: usize) {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        channels[i] = None;
+        let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        guard.1[i] = None;
     }
 
     /// Try `call` on each endpoint in [`order`](Self::order), each attempt

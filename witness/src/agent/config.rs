@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 
 use super::check;
 use super::defaults;
-use crate::config::{ConfigError, Problem, Role, show};
+use crate::config::{ConfigError, Problem, Role, TlsSection, show};
+use crate::trust::{Expect, Trust};
 
 /// An agent's configuration (`agent.toml`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,6 +49,10 @@ pub struct AgentConfig {
     /// `[watchdog]`: the kernel watchdog petted while a lease is held.
     #[serde(default)]
     pub watchdog: WatchdogSection,
+    /// `[tls]`: this agent's certificate, key and the cluster CA, or
+    /// `insecure = true`. Required: plaintext is never a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSection>,
 }
 
 /// The `[agent]` table.
@@ -228,10 +233,29 @@ impl AgentConfig {
         // A syntax pass first, so a syntax error is not explained as a
         // schema one.
         toml::from_str::<toml::Table>(text).map_err(|e| parse_error(origin, text, &e, false))?;
-        let config: AgentConfig =
+        let mut config: AgentConfig =
             toml::from_str(text).map_err(|e| parse_error(origin, text, &e, true))?;
+        if let Some(tls) = config.tls.as_mut() {
+            tls.resolve_paths(origin);
+        }
         config.validate().map_err(|e| e.in_file(origin))?;
         Ok(config)
+    }
+
+    /// This agent's TLS material, checked against its site and name; `None`
+    /// when its file says `insecure = true`. Reads the files.
+    pub fn trust(&self) -> Result<Option<std::sync::Arc<Trust>>, String> {
+        let Some(files) = self.tls.as_ref().and_then(TlsSection::files) else {
+            return Ok(None);
+        };
+        Trust::load(
+            files,
+            Expect::Agent {
+                site: self.agent.site.clone(),
+                name: self.agent.name.clone(),
+            },
+        )
+        .map(Some)
     }
 
     /// Check every rule this file can check on its own; the error lists
@@ -242,6 +266,7 @@ impl AgentConfig {
         self.check_hooks(&mut problems);
         self.check_carbonio(&mut problems);
         self.watchdog.check(&mut problems);
+        TlsSection::check(self.tls.as_ref(), &mut problems);
         ConfigError::from_problems(problems)
     }
 
@@ -646,6 +671,11 @@ name = "mbox1"
 site = "dc-a"
 role = "mailstore"
 witnesses = ["svc1.dc-a.example.com:7400", "svc2.dc-b.example.com:7400"]
+
+[tls]
+ca = "/etc/witness/tls/ca.pem"
+cert = "/etc/witness/tls/agent-dc-a-mbox1.pem"
+key = "/etc/witness/tls/agent-dc-a-mbox1.key"
 "#;
 
     fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
@@ -785,6 +815,7 @@ timeout = "1500ms"
             "carbonio.mail_host:",
             "carbonio.user:",
             "watchdog.timeout:",
+            "tls: there is no [tls] table",
         ];
         for e in expect {
             assert!(

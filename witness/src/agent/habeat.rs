@@ -345,6 +345,17 @@ pub fn import(text: &str, origin: &Path) -> Result<Imported, HabeatError> {
     imp.line("# habeat had no fencing at all. \"required\" once /dev/watchdog exists.");
     imp.kv("mode", &quote("auto"));
 
+    // ---- [tls] -----------------------------------------------------------
+    imp.line("");
+    imp.line("[tls]");
+    imp.line(&format!(
+        "# habeat spoke to nobody. Make this agent's certificate with `witness certs agent \
+         --site {site} --name {name}` (docs/SECURITY.md)."
+    ));
+    imp.kv("ca", &quote("/etc/witness/tls/ca.pem"));
+    imp.kv("cert", &quote(&format!("/etc/witness/tls/agent-{site}-{name}.pem")));
+    imp.kv("key", &quote(&format!("/etc/witness/tls/agent-{site}-{name}.key")));
+
     imp.notes_for_the_rest(top, local, &whoami, &role_text);
     Ok(Imported {
         toml: imp.out,

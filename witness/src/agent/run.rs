@@ -157,6 +157,9 @@ pub enum AgentError {
     /// no device): fix the device or the mode.
     #[error(transparent)]
     Watchdog(#[from] WatchdogError),
+    /// The TLS files cannot be used: the message names the file and the fix.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Which local hook list a hook job runs.
@@ -239,8 +242,26 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let trust = config.trust().map_err(AgentError::Tls)?;
     let watchdog = Watchdog::from_config(&config.watchdog)?;
-    let witnesses = Arc::new(Witnesses::new(&config.agent.witnesses));
+    // The reloader lives as long as the runtime: the agent's process.
+    let (_keep_reloading, reload_stop) = watch::channel(false);
+    match &trust {
+        Some(trust) => {
+            tracing::info!(
+                identity = %trust.own(),
+                expires = %crate::clock::format_unix(trust.current().own.not_after),
+                "mutual TLS to the witnesses"
+            );
+            trust.spawn_reloader(reload_stop);
+        }
+        None => tracing::warn!(
+            "INSECURE: this agent talks to the witnesses without TLS (tls.insecure = true); \
+             anyone on the network can impersonate a witness to it. Never run it so outside a \
+             developer's machine."
+        ),
+    }
+    let witnesses = Arc::new(Witnesses::new(&config.agent.witnesses, trust));
     let (lease_tx, _) = watch::channel(None);
     let now = BootInstant::now();
     let mut agent = Agent {

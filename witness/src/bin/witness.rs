@@ -77,6 +77,8 @@ enum Command {
         #[command(subcommand)]
         command: Option<AgentCommand>,
     },
+    /// Make the cluster CA and the certificates of witnesses, agents and operators.
+    Certs(witness::cli::CertsArgs),
     /// Announce or withdraw the service VIP through the local BIRD (proxy hooks).
     Bgp(witness::bgp::BgpArgs),
     /// A whole deployment on loopback to watch a failover: three witnesses,
@@ -143,6 +145,7 @@ fn main() -> ExitCode {
         }),
         // Its own exit codes (documented in witness::bgp) for hook runners.
         Command::Bgp(args) => return witness::bgp::run(&args),
+        Command::Certs(args) => witness::cli::certs(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,6 +41,7 @@ mod node;
 mod policy;
 mod sites;
 mod timers;
+mod tls;
 
 use std::path::Path;
 use std::time::Duration;
@@ -55,6 +56,7 @@ pub use node::{NodeConfig, NodeSection, PeerConfig, RaftTimers};
 pub use policy::{LeasePolicy, Policy};
 pub use sites::{DownRule, ProbeDefaults, ProbeKind, ProbeTimers, Role, SitePolicy, TargetPolicy};
 pub use timers::{TimerReport, check_timers};
+pub use tls::TlsSection;
 
 pub(crate) use error::FileKind;
 

@@ -11,6 +11,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::consul::{ConsulAgentConfig, ConsulAgentSection};
 use super::defaults::{self, HEARTBEATS_PER_ELECTION_TIMEOUT, MAX_PEERS};
 use super::error::{ConfigError, FileKind, Problem};
+use super::tls::TlsSection;
+use crate::trust::{Expect, Trust};
 use super::{check, from_toml, show};
 
 /// One witness node's configuration (`witness.toml`).
@@ -29,6 +31,10 @@ pub struct NodeConfig {
     /// not read (its evidence is unknown, which vetoes nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consul: Option<ConsulAgentSection>,
+    /// `[tls]`: this witness's certificate, key and the cluster CA, or
+    /// `insecure = true`. Required: plaintext is never a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSection>,
 }
 
 /// The `[node]` table.
@@ -56,6 +62,16 @@ pub struct NodeSection {
     /// HTTP listen address for `/healthz`, `/readyz`, `/metrics`.
     #[serde(default = "defaults::http_listen", deserialize_with = "de_http_listen")]
     pub http_listen: SocketAddr,
+    /// An optional second HTTP listener in plaintext that serves only
+    /// `/healthz`, `/readyz` and `/metrics`, for a local scraper or load
+    /// balancer without a client certificate (e.g. `127.0.0.1:7402`). The
+    /// status page is never served there.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_plain_http_listen"
+    )]
+    pub plain_http_listen: Option<SocketAddr>,
     /// Where the Raft log, vote and state machine live. A relative path is
     /// resolved against the directory of the config file when it is loaded.
     #[serde(serialize_with = "ser_path")]
@@ -130,8 +146,28 @@ impl NodeConfig {
         {
             *token_file = resolve(origin, token_file);
         }
+        if let Some(tls) = config.tls.as_mut() {
+            tls.resolve_paths(origin);
+        }
         config.validate().map_err(|e| e.in_file(origin))?;
         Ok(config)
+    }
+
+    /// This witness's TLS material, loaded and checked against its id and
+    /// cluster; `None` when its file says `insecure = true`. Reads the files
+    /// (`load` and `parse` never do).
+    pub fn trust(&self) -> Result<Option<std::sync::Arc<Trust>>, String> {
+        let Some(files) = self.tls.as_ref().and_then(TlsSection::files) else {
+            return Ok(None);
+        };
+        Trust::load(
+            files,
+            Expect::Peer {
+                cluster: self.node.cluster.clone(),
+                id: self.node.id,
+            },
+        )
+        .map(Some)
     }
 
     /// Check every rule; the error lists all problems found.
@@ -143,6 +179,7 @@ impl NodeConfig {
         if let Some(consul) = &self.consul {
             consul.check(&mut problems);
         }
+        TlsSection::check(self.tls.as_ref(), &mut problems);
         ConfigError::from_problems(problems)
     }
 
@@ -356,16 +393,29 @@ impl NodeSection {
             ));
         }
 
-        // Both servers bind at start; catch the clash here with a clear
+        // The servers bind at start; catch a clash here with a clear
         // message rather than as "address in use" from one of them.
+        let clash = |a: SocketAddr, b: SocketAddr| {
+            a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
         let (grpc, http) = (self.listen, self.http_listen);
-        let overlap =
-            grpc.ip() == http.ip() || grpc.ip().is_unspecified() || http.ip().is_unspecified();
-        if grpc.port() == http.port() && overlap {
+        if clash(grpc, http) {
             problems.push(Problem::new(
                 "node.http_listen",
                 format!("node.http_listen = {http} collides with node.listen = {grpc}"),
                 "give the HTTP server its own port (default 7401)",
+            ));
+        }
+        if let Some(plain) = self.plain_http_listen
+            && let Some((key, other)) = [("listen", grpc), ("http_listen", http)]
+                .into_iter()
+                .find(|(_, other)| clash(plain, *other))
+        {
+            problems.push(Problem::new(
+                "node.plain_http_listen",
+                format!("node.plain_http_listen = {plain} collides with node.{key} = {other}"),
+                "give the plaintext probe listener its own port, e.g. \"127.0.0.1:7402\"",
             ));
         }
 
@@ -490,7 +540,7 @@ impl RaftTimers {
 
 /// `origin`'s directory joined with `relative`, made absolute so that a
 /// later change of working directory cannot move the data dir.
-fn resolve(origin: &Path, relative: &Path) -> PathBuf {
+pub(crate) fn resolve(origin: &Path, relative: &Path) -> PathBuf {
     let base = match origin.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -506,6 +556,10 @@ fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
         defaults::LISTEN.port(),
         "; to give peers a host name, set advertise",
     )
+}
+
+fn de_plain_http_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    bind_addr(d, "plain_http_listen", 7402, "").map(Some)
 }
 
 fn de_http_listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {

@@ -13,6 +13,11 @@ const ORIGIN: &str = "/etc/witness/witness.toml";
 
 /// A valid three-node config for node 1, all on loopback.
 pub(super) const NODE: &str = r#"
+[tls]
+ca = "/etc/witness/tls/ca.pem"
+cert = "/etc/witness/tls/peer-1.pem"
+key = "/etc/witness/tls/peer-1.key"
+
 [node]
 id = 1
 name = "w1"

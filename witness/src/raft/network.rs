@@ -32,6 +32,7 @@ use witness_proto::raft_client::RaftClient;
 use witness_proto::{RaftReply, RaftRequest, raft_reply};
 
 use crate::raft::identity::Identity;
+use crate::trust::{Dial, Trust};
 use crate::raft::types::{
     Incarnation, NodeId, SnapshotData, SnapshotMeta, TypeConfig, Vote, WitnessNode,
 };
@@ -71,7 +72,11 @@ pub type Dialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 pub struct NetContext {
     dialer: Option<Dialer>,
     identity: Arc<Identity>,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// This witness's certificate; `None` on a plaintext (insecure) node.
+    trust: Option<Arc<Trust>>,
+    /// Per (peer id, address): a channel expects that peer's certificate.
+    /// Dropped and remade when the certificates are reloaded.
+    channels: Mutex<(u64, HashMap<(NodeId, String), Channel>)>,
     pins: mpsc::UnboundedSender<PinRequest>,
     refusals: Mutex<HashMap<NodeId, PeerRefusal>>,
     /// Lower bound on every Raft RPC's deadline (`raft.rpc_timeout`). openraft
@@ -83,15 +88,18 @@ pub struct NetContext {
 impl NetContext {
     pub fn new(
         identity: Arc<Identity>,
+        trust: Option<Arc<Trust>>,
         pins: mpsc::UnboundedSender<PinRequest>,
         rpc_timeout: Duration,
     ) -> Arc<Self> {
-        Self::with_dialer(identity, pins, rpc_timeout, None)
+        Self::with_dialer(identity, trust, pins, rpc_timeout, None)
     }
 
-    /// Like [`NetContext::new`], dialing peers with `dialer` (TCP if `None`).
+    /// Like [`NetContext::new`], dialing peers with `dialer` (TCP, with TLS
+    /// when `trust` is given, if `None`).
     pub fn with_dialer(
         identity: Arc<Identity>,
+        trust: Option<Arc<Trust>>,
         pins: mpsc::UnboundedSender<PinRequest>,
         rpc_timeout: Duration,
         dialer: Option<Dialer>,
@@ -99,22 +107,32 @@ impl NetContext {
         Arc::new(Self {
             dialer,
             identity,
-            channels: Mutex::new(HashMap::new()),
+            trust,
+            channels: Mutex::new((0, HashMap::new())),
             pins,
             refusals: Mutex::new(HashMap::new()),
             rpc_timeout,
         })
     }
 
-    /// A channel to `addr`, shared across callers. Connects lazily.
-    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ch) = channels.get(addr) {
+    /// A channel to witness `id` at `addr`, shared across callers. Connects
+    /// lazily; with TLS, the other end must present node `id`'s certificate.
+    pub fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let (generation, channels) = &mut *guard;
+        // After a certificate reload, new connections present the new one.
+        let now = self.trust.as_ref().map_or(0, |t| t.generation());
+        if *generation != now {
+            channels.clear();
+            *generation = now;
+        }
+        let key = (id, addr.to_string());
+        if let Some(ch) = channels.get(&key) {
             return Ok(ch.clone());
         }
         if let Some(dial) = &self.dialer {
             let ch = dial(addr)?;
-            channels.insert(addr.to_string(), ch.clone());
+            channels.insert(key, ch.clone());
             return Ok(ch);
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -126,8 +144,8 @@ impl NetContext {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let ch = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), ch.clone());
+        let ch = crate::trust::conn::channel(endpoint, self.trust.clone(), Dial::Witness(id));
+        channels.insert(key, ch.clone());
         Ok(ch)
     }
 
@@ -163,7 +181,7 @@ impl NetContext {
                 .unwrap_or_default(),
             payload: serde_json::to_vec(request).map_err(|e| format!("encode: {e}"))?,
         };
-        let mut client = RaftClient::new(self.channel(&node.addr)?)
+        let mut client = RaftClient::new(self.channel(leader, &node.addr)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
         // Commits take a heartbeat round or two; bound generously.
@@ -288,7 +306,7 @@ impl PeerClient {
         };
         let channel = self
             .ctx
-            .channel(&node.addr)
+            .channel(self.target, &node.addr)
             .map_err(CallError::Unreachable)?;
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)

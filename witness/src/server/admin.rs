@@ -21,6 +21,7 @@ use witness_proto::admin_server::Admin;
 use witness_proto::*;
 
 use crate::config::Policy;
+use super::authz;
 use crate::node::{Node, NodeError};
 use crate::raft::types::{NodeId, WitnessNode};
 use crate::state::Actor;
@@ -345,6 +346,62 @@ impl From<NodeError> for Status {
     }
 }
 
+impl AdminService {
+    /// Admin reads: a viewer or an operator certificate.
+    fn viewer<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        authz::require_viewer(self.node.trust.as_deref(), &self.node.identity, request)
+    }
+
+    /// Admin writes: an operator certificate. Returns the operator's name
+    /// (the certificate's; on a plaintext node, the one the request gave),
+    /// and logs the action under it.
+    fn operator<T: OperatorField>(&self, request: &Request<T>, action: &str) -> Result<String, Status> {
+        let claimed = request.get_ref().operator_field();
+        let who = authz::require_operator(
+            self.node.trust.as_deref(),
+            &self.node.identity,
+            request,
+            claimed,
+        )
+        .inspect_err(|status| {
+            tracing::warn!(action, "refused an admin call: {}", status.message());
+        })?;
+        if !request.metadata().contains_key(authz::FORWARDED_HEADER) || self.node.is_leader() {
+            tracing::info!(action, operator = %who, "admin call");
+        }
+        Ok(who)
+    }
+}
+
+/// The operator name a request body claims (only believed on a plaintext
+/// node).
+trait OperatorField {
+    fn operator_field(&self) -> &str {
+        ""
+    }
+}
+
+impl OperatorField for AddMemberRequest {}
+impl OperatorField for PromoteMemberRequest {}
+impl OperatorField for RemoveMemberRequest {}
+impl OperatorField for TransferLeaderRequest {}
+macro_rules! operator_field {
+    ($($t:ty),+) => {$(
+        impl OperatorField for $t {
+            fn operator_field(&self) -> &str {
+                &self.operator
+            }
+        }
+    )+};
+}
+operator_field!(
+    PolicyApplyRequest,
+    FreezeRequest,
+    UnfreezeRequest,
+    FailoverRequest,
+    RetryDirectiveRequest
+);
+
 fn operator(name: &str) -> Actor {
     if name.is_empty() {
         Actor::Operator("unknown".into())
@@ -390,6 +447,7 @@ type Res<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(&self, request: Request<StatusRequest>) -> Res<StatusReply> {
+        self.viewer(&request)?;
         if !request.get_ref().local {
             let fwd = self
                 .forward(&request, |mut c, r| async move { c.status(r).await })
@@ -411,6 +469,7 @@ impl Admin for AdminService {
     }
 
     async fn members(&self, request: Request<MembersRequest>) -> Res<MembersReply> {
+        self.viewer(&request)?;
         if let Some(r) = self
             .forward(&request, |mut c, r| async move { c.members(r).await })
             .await
@@ -424,6 +483,7 @@ impl Admin for AdminService {
     }
 
     async fn add_member(&self, request: Request<AddMemberRequest>) -> Res<MembersReply> {
+        self.operator(&request, "add-member")?;
         let req = request.get_ref();
         validate_member(req)?;
         if let Some(r) = self
@@ -454,6 +514,7 @@ impl Admin for AdminService {
     }
 
     async fn promote_member(&self, request: Request<PromoteMemberRequest>) -> Res<MembersReply> {
+        self.operator(&request, "promote-member")?;
         if let Some(r) = self
             .forward(
                 &request,
@@ -472,6 +533,7 @@ impl Admin for AdminService {
     }
 
     async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Res<MembersReply> {
+        self.operator(&request, "remove-member")?;
         if let Some(r) = self
             .forward(&request, |mut c, r| async move { c.remove_member(r).await })
             .await
@@ -492,6 +554,7 @@ impl Admin for AdminService {
         &self,
         request: Request<TransferLeaderRequest>,
     ) -> Res<TransferLeaderReply> {
+        self.operator(&request, "transfer-leader")?;
         if let Some(r) = self
             .forward(
                 &request,
@@ -544,6 +607,7 @@ impl Admin for AdminService {
     }
 
     async fn policy_show(&self, request: Request<PolicyShowRequest>) -> Res<PolicyShowReply> {
+        self.viewer(&request)?;
         let stale = request.get_ref().allow_stale;
         if !stale {
             if let Some(r) = self
@@ -565,7 +629,9 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn policy_apply(&self, request: Request<PolicyApplyRequest>) -> Res<PolicyApplyReply> {
+    async fn policy_apply(&self, mut request: Request<PolicyApplyRequest>) -> Res<PolicyApplyReply> {
+        let who = self.operator(&request, "policy-apply")?;
+        request.get_mut().operator = who;
         let req = request.get_ref();
         if req.toml.len() > MAX_POLICY_BYTES {
             return Err(Status::invalid_argument(format!(
@@ -627,6 +693,7 @@ impl Admin for AdminService {
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Res<HistoryReply> {
+        self.viewer(&request)?;
         if let Some(r) = self
             .forward(&request, |mut c, r| async move { c.history(r).await })
             .await
@@ -637,7 +704,9 @@ impl Admin for AdminService {
         Ok(Response::new(self.local_history(request.get_ref().limit)))
     }
 
-    async fn freeze(&self, request: Request<FreezeRequest>) -> Res<ModeReply> {
+    async fn freeze(&self, mut request: Request<FreezeRequest>) -> Res<ModeReply> {
+        let who = self.operator(&request, "freeze")?;
+        request.get_mut().operator = who;
         let req = request.get_ref();
         if req.reason.trim().is_empty() {
             return Err(Status::invalid_argument(
@@ -665,7 +734,9 @@ impl Admin for AdminService {
         .await
     }
 
-    async fn unfreeze(&self, request: Request<UnfreezeRequest>) -> Res<ModeReply> {
+    async fn unfreeze(&self, mut request: Request<UnfreezeRequest>) -> Res<ModeReply> {
+        let who = self.operator(&request, "unfreeze")?;
+        request.get_mut().operator = who;
         if request.get_ref().reason.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "an unfreeze needs a reason (--reason)",
@@ -692,7 +763,9 @@ impl Admin for AdminService {
         .await
     }
 
-    async fn failover(&self, request: Request<FailoverRequest>) -> Res<FailoverReply> {
+    async fn failover(&self, mut request: Request<FailoverRequest>) -> Res<FailoverReply> {
+        let who = self.operator(&request, "failover")?;
+        request.get_mut().operator = who;
         {
             let req = request.get_ref();
             if req.reason.trim().is_empty() {
@@ -776,6 +849,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListDirectivesRequest>,
     ) -> Res<ListDirectivesReply> {
+        self.viewer(&request)?;
         if let Some(r) = self
             .forward(
                 &request,
@@ -806,8 +880,10 @@ impl Admin for AdminService {
 
     async fn retry_directive(
         &self,
-        request: Request<RetryDirectiveRequest>,
+        mut request: Request<RetryDirectiveRequest>,
     ) -> Res<RetryDirectiveReply> {
+        let who = self.operator(&request, "retry-directive")?;
+        request.get_mut().operator = who;
         let (epoch, name) = {
             let req = request.get_ref();
             if req.reason.trim().is_empty() {

@@ -11,7 +11,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use axum::middleware;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -19,14 +20,69 @@ use openraft::async_runtime::WatchReceiver;
 
 use super::admin::AdminService;
 use crate::node::Node;
+use crate::trust::{ConnInfo, Role};
 
+/// The HTTP port: probes, metrics and the status page. With TLS, only a
+/// viewer, an operator or a witness (peer) may read it.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(super::status_page::routes())
+        .layer(middleware::from_fn_with_state(node.clone(), authorize))
         .with_state(node)
+}
+
+/// The plaintext probe listener (`node.plain_http_listen`): `/healthz`,
+/// `/readyz` and `/metrics` only, for a local scraper without a certificate.
+pub fn probe_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(node)
+}
+
+async fn authorize(
+    State(node): State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let Some(trust) = node.trust.as_deref() else {
+        return next.run(request).await;
+    };
+    let caller = request
+        .extensions()
+        .get::<ConnectInfo<ConnInfo>>()
+        .and_then(|c| c.0.caller.clone());
+    let refused = match caller {
+        None => Some((
+            StatusCode::UNAUTHORIZED,
+            "this port accepts only mutual TLS with a certificate of the cluster CA".to_string(),
+        )),
+        Some(caller) => match trust.still_trusts(&caller) {
+            Err(why) => Some((
+                StatusCode::UNAUTHORIZED,
+                format!("{} is no longer trusted: {why}", caller.identity),
+            )),
+            Ok(()) => match caller.identity.role() {
+                Role::Viewer | Role::Operator | Role::Peer => None,
+                Role::Agent => Some((
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "{} may not read the status page: it needs a viewer, operator or peer \
+                         certificate",
+                        caller.identity
+                    ),
+                )),
+            },
+        },
+    };
+    match refused {
+        None => next.run(request).await,
+        Some((code, why)) => (code, format!("{why}\n")).into_response(),
+    }
 }
 
 async fn healthz(State(node): State<Arc<Node>>) -> (StatusCode, String) {

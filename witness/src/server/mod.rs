@@ -3,6 +3,7 @@
 //! `/metrics` and the status page).
 
 pub mod admin;
+pub mod authz;
 pub mod directives;
 pub mod http;
 pub mod metrics;
@@ -16,7 +17,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use witness_proto::admin_server::AdminServer;
 use witness_proto::raft_server::RaftServer;
@@ -24,9 +24,9 @@ use witness_proto::raft_server::RaftServer;
 use crate::node::Node;
 use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::raft::types::NodeId;
+use crate::trust::{Incoming, Port};
 
-/// Metadata key marking a request a follower forwarded to the leader.
-pub const FORWARDED_HEADER: &str = "x-witness-forwarded";
+pub use authz::FORWARDED_HEADER;
 
 /// How long a forwarded call may take before the follower gives up and says
 /// so. Membership changes and operator failovers wait for a learner to catch
@@ -75,15 +75,25 @@ where
             "leader {leader} is not in this node's membership view"
         ))));
     };
-    let channel = match node.net.channel(&member.addr) {
+    // The leader checks the original caller's role itself; it believes the
+    // name because this node's peer certificate vouches for it.
+    let caller = match authz::caller(node.trust.as_deref(), &node.identity, request) {
+        Ok(c) => c,
+        Err(status) => return Some(Err(status)),
+    };
+    let header = match caller
+        .header(&node.config.node.cluster)
+        .parse::<tonic::metadata::MetadataValue<_>>()
+    {
+        Ok(v) => v,
+        Err(e) => return Some(Err(tonic::Status::internal(format!("forwarding: {e}")))),
+    };
+    let channel = match node.net.channel(leader, &member.addr) {
         Ok(c) => c,
         Err(e) => return Some(Err(tonic::Status::internal(e))),
     };
     let mut fwd = tonic::Request::new(request.get_ref().clone());
-    fwd.metadata_mut().insert(
-        FORWARDED_HEADER,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
+    fwd.metadata_mut().insert(FORWARDED_HEADER, header);
     Some(
         match tokio::time::timeout(FORWARD_TIMEOUT, call(client(channel), fwd)).await {
             Ok(res) => res,
@@ -142,6 +152,7 @@ pub fn grpc_router(
     let raft_svc = RaftServer::new(raft_service::RaftService::new(
         node.raft.clone(),
         node.identity.clone(),
+        node.trust.clone(),
     ))
     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
@@ -151,7 +162,6 @@ pub fn grpc_router(
         witness_service::WitnessService::new(node.clone()),
     );
     Ok(Server::builder()
-        .tcp_nodelay(true)
         // A peer's Raft calls that time out are reset; after a partition
         // heals, the backlog of such resets arrives at once. h2's default
         // (20) answers that with GOAWAY, which also kills the forwarded
@@ -164,28 +174,48 @@ pub fn grpc_router(
         .add_service(witness_svc))
 }
 
-/// Serve gRPC and HTTP until `stop` turns true.
+/// Serve gRPC and HTTP (and the plaintext probe listener, if configured)
+/// until `stop` turns true. With TLS, every connection's handshake is made
+/// by [`crate::trust::Incoming`] with the node's current certificate.
 pub async fn serve(
     node: Arc<Node>,
     grpc: TcpListener,
     http: TcpListener,
+    plain_http: Option<TcpListener>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let trust = node.trust.clone();
     let mut grpc_stop = stop.clone();
     let grpc_fut = grpc_router(node.clone(), stop.clone())?.serve_with_incoming_shutdown(
-        TcpListenerStream::new(grpc),
+        Incoming::new(grpc, trust.clone(), Port::Grpc),
         async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
         },
     );
     let mut http_stop = stop.clone();
-    let http_fut = axum::serve(http, http::router(node.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        })
-        .into_future();
-    let (g, h) = tokio::join!(grpc_fut, http_fut);
+    let http_fut = axum::serve(
+        Incoming::new(http, trust.clone(), Port::Http),
+        http::router(node.clone())
+            .into_make_service_with_connect_info::<crate::trust::ConnInfo>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    })
+    .into_future();
+    let plain_fut = async {
+        let Some(listener) = plain_http else {
+            return Ok(());
+        };
+        let mut plain_stop = stop.clone();
+        axum::serve(listener, http::probe_router(node.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = plain_stop.wait_for(|s| *s).await;
+            })
+            .await
+    };
+    let (g, h, p) = tokio::join!(grpc_fut, http_fut, plain_fut);
     g.context("gRPC server")?;
     h.context("HTTP server")?;
+    p.context("plaintext probe HTTP server")?;
     Ok(())
 }

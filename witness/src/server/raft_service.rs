@@ -1,6 +1,9 @@
 //! The server half of Raft between witnesses: `witness.v1.Raft`.
 //!
-//! Each envelope passes [`Identity::admit`] before openraft sees it; a refused
+//! Each call first passes [`authz::require_peer`]: with TLS, only a member
+//! witness's certificate, naming the envelope's `from_id`, gets further (a
+//! refused call is a `PERMISSION_DENIED` status and is never decoded). Then
+//! each envelope passes [`Identity::admit`] before openraft sees it; a refused
 //! message is answered with a [`Refusal`] that says what to do, so the sender
 //! can log it and `witnessctl status` can show it.
 
@@ -17,16 +20,36 @@ use witness_proto::{
 use crate::raft::identity::{Identity, refuse};
 use crate::raft::network::SnapshotTransfer;
 use crate::raft::types::Raft;
+use crate::server::authz;
+use crate::trust::Trust;
 
 /// `witness.v1.Raft` backed by this node's openraft instance.
 pub struct RaftService {
     raft: Raft,
     identity: Arc<Identity>,
+    trust: Option<Arc<Trust>>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, identity: Arc<Identity>) -> Self {
-        Self { raft, identity }
+    pub fn new(raft: Raft, identity: Arc<Identity>, trust: Option<Arc<Trust>>) -> Self {
+        Self {
+            raft,
+            identity,
+            trust,
+        }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>, from_id: u64, member: bool) -> Result<(), Status> {
+        authz::require_peer(
+            self.trust.as_deref(),
+            &self.identity,
+            request,
+            from_id,
+            member,
+        )
+        .inspect_err(|status| {
+            tracing::warn!(from = from_id, "refused a Raft call: {}", status.message());
+        })
     }
 
     fn reply_refused(&self, refusal: Refusal) -> Response<RaftReply> {
@@ -77,6 +100,7 @@ impl RaftService {
         F: FnOnce(Raft, Req) -> Fut,
         Fut: std::future::Future<Output = Result<Resp, E>>,
     {
+        self.authorize(&request, request.get_ref().from_id, true)?;
         let req = request.into_inner();
         let payload: Req = match self.open(&req) {
             Ok(p) => p,
@@ -163,6 +187,8 @@ impl RaftRpc for RaftService {
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        // A joiner says hello before it is a member: only its id is checked.
+        self.authorize(&request, request.get_ref().node_id, false)?;
         let req = request.into_inner();
         let me = self.identity.node_id;
         let (admission, message) = if req.cluster_name != self.identity.cluster_name {

@@ -182,6 +182,8 @@ mod tests {
     use tower::ServiceExt;
 
     use crate::config::NodeConfig;
+    use crate::trust::ConnInfo;
+    use axum::extract::ConnectInfo;
 
     /// A witness with an empty data dir: a joiner that knows no leader, so
     /// every data route takes its local fallback.
@@ -190,16 +192,63 @@ mod tests {
             "[node]\nid = 1\nname = \"w1\"\nsite = \"dc-a\"\ncluster = \"test\"\n\
              listen = \"127.0.0.1:7410\"\nhttp_listen = \"127.0.0.1:7411\"\n\
              data_dir = \"{}\"\n\n[[peer]]\nid = 1\nname = \"w1\"\naddr = \"127.0.0.1:7410\"\n\
-             site = \"dc-a\"\n",
-            dir.display()
+             site = \"dc-a\"\n{}",
+            dir.join("data").display(),
+            tls_table(dir),
         );
         let config = NodeConfig::parse(&text, std::path::Path::new("w1.toml")).expect("config");
         Node::start(config).await.expect("start node")
     }
 
+    /// The `[tls]` table of a peer certificate for node 1 of cluster
+    /// `test`, issued into `dir` by a new CA.
+    fn tls_table(dir: &std::path::Path) -> String {
+        use crate::trust::{Principal, certs};
+        let tls = dir.join("tls");
+        let now = crate::trust::unix_now();
+        certs::init_ca(&tls, "test", 1, false, now).expect("ca");
+        let (cert, key) =
+            certs::issue_into(&tls, &tls, Principal::Peer { id: 1 }, &[], 1, false, now)
+                .expect("peer certificate");
+        format!(
+            "\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            tls.join(certs::CA_CERT).display(),
+            cert.display(),
+            key.display()
+        )
+    }
+
+    /// A caller of the HTTP port as the TLS acceptor describes it.
+    fn caller(node: &Node, principal: Option<crate::trust::Principal>) -> ConnectInfo<ConnInfo> {
+        let generation = node.trust.as_ref().map_or(0, |t| t.generation());
+        ConnectInfo(ConnInfo {
+            remote: None,
+            caller: principal.map(|principal| {
+                Arc::new(crate::trust::Caller {
+                    identity: crate::trust::Identity::new("test", principal),
+                    chain: Arc::new(Vec::new()),
+                    generation,
+                })
+            }),
+        })
+    }
+
     async fn get(node: &Arc<Node>, uri: &str) -> (StatusCode, String, String) {
+        let viewer = crate::trust::Principal::Viewer {
+            name: "oncall".into(),
+        };
+        get_as(node, uri, Some(viewer)).await
+    }
+
+    async fn get_as(
+        node: &Arc<Node>,
+        uri: &str,
+        principal: Option<crate::trust::Principal>,
+    ) -> (StatusCode, String, String) {
+        let mut request = Request::get(uri).body(Body::empty()).expect("request");
+        request.extensions_mut().insert(caller(node, principal));
         let response = super::super::http::router(node.clone())
-            .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+            .oneshot(request)
             .await
             .expect("infallible");
         let status = response.status();
@@ -292,5 +341,37 @@ mod tests {
         assert!(PAGE.contains("getJson(\"status.json\")"));
         assert!(PAGE.contains("getJson(\"history.json\")"));
         assert!(PAGE.contains("<noscript>") && PAGE.contains("witnessctl status"));
+    }
+
+    /// With TLS, the HTTP port serves a viewer, an operator or a peer; an
+    /// agent's certificate is refused (403), a connection without one
+    /// (which the acceptor never lets through) would be too (401).
+    #[tokio::test]
+    async fn the_http_port_serves_only_viewers_operators_and_peers() {
+        use crate::trust::Principal;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = joiner(dir.path()).await;
+        for (who, want) in [
+            (
+                Some(Principal::Operator {
+                    name: "alice".into(),
+                }),
+                StatusCode::OK,
+            ),
+            (Some(Principal::Peer { id: 2 }), StatusCode::OK),
+            (
+                Some(Principal::Agent {
+                    site: "dc-a".into(),
+                    name: "mbox1".into(),
+                }),
+                StatusCode::FORBIDDEN,
+            ),
+            (None, StatusCode::UNAUTHORIZED),
+        ] {
+            for path in ["/status.json", "/metrics", "/healthz"] {
+                let (code, _, body) = get_as(&node, path, who.clone()).await;
+                assert_eq!(code, want, "{who:?} {path}: {body}");
+            }
+        }
     }
 }

@@ -58,6 +58,12 @@ impl WitnessService {
         super::forward(&self.node, request, WitnessClient::new, f).await
     }
 
+    /// The calling agent's `(site, name)` from its certificate (`None` on a
+    /// plaintext node); anything but an agent is refused.
+    fn agent<T>(&self, request: &Request<T>) -> Result<Option<(String, String)>, Status> {
+        super::authz::require_agent(self.node.trust.as_deref(), &self.node.identity, request)
+    }
+
     fn verdict(&self, stale: bool) -> Verdict {
         verdict_of(&self.node.state.current(), stale, self.node.config.node.id)
     }
@@ -158,6 +164,7 @@ impl Witness for WitnessService {
         &self,
         request: Request<GetVerdictRequest>,
     ) -> Result<Response<Verdict>, Status> {
+        self.agent(&request)?;
         if request.get_ref().allow_stale {
             return Ok(Response::new(self.verdict(true)));
         }
@@ -175,8 +182,9 @@ impl Witness for WitnessService {
 
     async fn watch_verdict(
         &self,
-        _request: Request<GetVerdictRequest>,
+        request: Request<GetVerdictRequest>,
     ) -> Result<Response<Self::WatchVerdictStream>, Status> {
+        self.agent(&request)?;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         let mut states = self.node.state.subscribe();
         let me = self.node.config.node.id;
@@ -218,10 +226,12 @@ impl Witness for WitnessService {
 
     async fn renew_lease(
         &self,
-        request: Request<RenewLeaseRequest>,
+        mut request: Request<RenewLeaseRequest>,
     ) -> Result<Response<RenewLeaseReply>, Status> {
+        let proven = self.agent(&request)?;
         {
-            let r = request.get_ref();
+            let r = request.get_mut();
+            super::authz::agent_fields(&proven, &mut r.site, &mut r.agent, true)?;
             check_name("agent", &r.agent)?;
             check_name("site", &r.site)?;
             check_name("role", &r.role)?;
@@ -243,10 +253,12 @@ impl Witness for WitnessService {
 
     async fn claim_directive(
         &self,
-        request: Request<ClaimDirectiveRequest>,
+        mut request: Request<ClaimDirectiveRequest>,
     ) -> Result<Response<ClaimDirectiveReply>, Status> {
+        let proven = self.agent(&request)?;
         {
-            let r = request.get_ref();
+            let r = request.get_mut();
+            super::authz::agent_fields(&proven, &mut r.site, &mut r.agent, true)?;
             check_name("agent", &r.agent)?;
             check_name("site", &r.site)?;
             check_name("role", &r.role)?;
@@ -334,10 +346,12 @@ impl Witness for WitnessService {
 
     async fn renew_claim(
         &self,
-        request: Request<RenewClaimRequest>,
+        mut request: Request<RenewClaimRequest>,
     ) -> Result<Response<RenewClaimReply>, Status> {
+        let proven = self.agent(&request)?;
         {
-            let r = request.get_ref();
+            let r = request.get_mut();
+            super::authz::agent_fields(&proven, &mut String::new(), &mut r.agent, false)?;
             check_name("agent", &r.agent)?;
             check_name("directive name", &r.name)?;
         }
@@ -411,10 +425,12 @@ impl Witness for WitnessService {
 
     async fn report_directive(
         &self,
-        request: Request<ReportDirectiveRequest>,
+        mut request: Request<ReportDirectiveRequest>,
     ) -> Result<Response<ReportDirectiveReply>, Status> {
+        let proven = self.agent(&request)?;
         {
-            let r = request.get_ref();
+            let r = request.get_mut();
+            super::authz::agent_fields(&proven, &mut String::new(), &mut r.agent, false)?;
             check_name("agent", &r.agent)?;
             check_name("directive name", &r.name)?;
             if r.error.len() > 1024 {

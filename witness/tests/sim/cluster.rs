@@ -184,6 +184,9 @@ listen = "0.0.0.0:{GRPC_PORT}"
 advertise = "{host}:{GRPC_PORT}"
 http_listen = "0.0.0.0:7401"
 data_dir = "/nonexistent/witness-sim/{host}"
+
+[tls]
+insecure = true
 "#,
         id = me.id,
         host = me.host,
@@ -256,6 +259,7 @@ pub fn add_witness(
                 None,
                 bootstrap,
                 Some(net::dialer()),
+                None,
             )
             .await
             .map_err(|e| format!("starting witness {}: {e:#}", index + 1))?;

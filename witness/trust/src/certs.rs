@@ -360,8 +360,8 @@ pub fn describe(path: &Path) -> Result<String, String> {
             cert.subject(),
             cert.issuer(),
             cert.raw_serial_as_string().replace(':', "").to_ascii_lowercase(),
-            crate::clock::format_unix(not_before),
-            crate::clock::format_unix(not_after),
+            crate::format_unix(not_before),
+            crate::format_unix(not_after),
         ));
         if !hosts.is_empty() {
             out.push_str(&format!("  hosts:      {}\n", hosts.join(", ")));
@@ -376,10 +376,10 @@ pub fn describe(path: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trust::pki::{Material, TlsFiles};
+    use crate::pki::{Material, TlsFiles};
 
     fn now() -> i64 {
-        crate::clock::unix_ms() as i64 / 1000
+        crate::unix_now()
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use crate::raft::types::NodeId;
+use crate::NodeId;
 
 /// The URI scheme of every identity.
 pub const SCHEME: &str = "witness://";

@@ -4,12 +4,12 @@
 //! TLS with certificates issued by the cluster's own CA. A certificate carries
 //! one role and one identity as a URI ([`identity`]); the TLS handshake
 //! proves the caller holds its key, and each service checks the role on every
-//! call ([`crate::server::authz`]):
+//! call (`witness::server::authz`):
 //!
 //! - `Raft` only from a `peer` whose node id is the message's sender and a
 //!   member; a forged `AppendEntries`, `Vote` or `Propose` from anything else
 //!   never reaches openraft. This is what makes the identity checks of
-//!   [`crate::raft::identity`] (cluster id, incarnations — printed by nothing
+//!   `witness::raft::identity` (cluster id, incarnations — printed by nothing
 //!   a stranger can read, but not secrets) a second line rather than the
 //!   only one.
 //! - `Witness` only from an `agent`; its site and name come from the
@@ -44,6 +44,23 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub use conn::{Caller, ConnInfo, Dial, Incoming, Port};
+
+/// A witness's Raft node id.
+pub type NodeId = u64;
+
+/// Seconds since the Unix epoch, on the system clock (what rustls checks
+/// certificate validity against).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `unix_secs` as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_unix(unix_secs: i64) -> String {
+    let (y, mo, d, h, mi, s) = witness_proto::civil_utc(unix_secs.max(0) as u64);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
 pub use identity::{Identity, Principal, Role};
 pub use pki::{Material, TlsFiles};
 
@@ -157,7 +174,7 @@ impl Trust {
     }
 
     fn load_checked(files: &TlsFiles, expect: &Expect) -> Result<Material, String> {
-        let material = Material::load(files, crate::clock::unix_ms() as i64 / 1000)?;
+        let material = Material::load(files, crate::unix_now())?;
         expect
             .check(&material.own.identity)
             .map_err(|e| format!("tls.cert {}: {e}", files.cert.display()))?;
@@ -214,7 +231,7 @@ impl Trust {
             return Ok(());
         }
         self.current()
-            .still_trusts(&caller.chain, crate::clock::unix_ms() as i64 / 1000)
+            .still_trusts(&caller.chain, crate::unix_now())
     }
 
     /// Reload on SIGHUP and whenever the files change, until `stop` turns
@@ -246,7 +263,7 @@ impl Trust {
                     Ok(true) => tracing::info!(
                         trigger = why,
                         identity = %trust.own(),
-                        expires = %crate::clock::format_unix(trust.current().own.not_after),
+                        expires = %crate::format_unix(trust.current().own.not_after),
                         "TLS certificates reloaded; new connections use them"
                     ),
                     Ok(false) if why == "SIGHUP" => {

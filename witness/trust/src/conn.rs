@@ -29,7 +29,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::Trust;
 use super::identity::{Identity, Principal};
-use crate::raft::types::NodeId;
+use crate::NodeId;
 
 /// A client must finish its TLS handshake within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -375,6 +375,21 @@ pub fn channel(endpoint: Endpoint, trust: Option<Arc<Trust>>, expect: Dial) -> C
         let trust = trust.clone();
         async move { dial(&uri, trust.as_deref(), expect).await }
     }))
+}
+
+/// Like [`channel`], connecting now: a connection or handshake failure is
+/// the error (with the handshake explained), not the first call's.
+pub async fn connect(
+    endpoint: Endpoint,
+    trust: Option<Arc<Trust>>,
+    expect: Dial,
+) -> Result<Channel, tonic::transport::Error> {
+    endpoint
+        .connect_with_connector(tower::service_fn(move |uri: Uri| {
+            let trust = trust.clone();
+            async move { dial(&uri, trust.as_deref(), expect).await }
+        }))
+        .await
 }
 
 async fn dial(
