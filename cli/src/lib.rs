@@ -19,6 +19,7 @@
 //!   timeout).
 
 mod output;
+pub mod status_page;
 pub mod topology;
 pub mod watch;
 
@@ -143,6 +144,16 @@ pub enum Command {
         /// How often to read the cluster (e.g. 500ms, 2s).
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         interval: Duration,
+    },
+    /// Serve a witness's status page on a local port, presenting your
+    /// certificate for the browser (which then needs none), until Ctrl-C.
+    StatusPage {
+        /// The witness's HTTP port (node.http_listen), host:port.
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        http: String,
+        /// Where the browser connects; loopback only.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        listen: std::net::SocketAddr,
     },
     /// Which single site or witness losses the placement survives, and
     /// warnings (two voters in one site, an even voter count). Reads the
@@ -304,6 +315,18 @@ pub fn run(cli: Cli) -> u8 {
             return exit::UNAVAILABLE;
         }
     };
+    if let Command::StatusPage { http, listen } = &cli.command {
+        let result = runtime.block_on(status_page::serve(&cli, http, *listen, async {
+            let _ = tokio::signal::ctrl_c().await;
+        }));
+        return match result {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                e.code()
+            }
+        };
+    }
     if let Command::Watch { interval } = cli.command {
         let json = cli.output == Output::Json;
         let result = runtime.block_on(watch(
@@ -644,6 +667,9 @@ pub async fn execute(cli: &Cli) -> Result<String, CtlError> {
         }
         Command::Watch { .. } => Err(CtlError::Usage(
             "watch streams; run it through witnessctl::run or witnessctl::watch".into(),
+        )),
+        Command::StatusPage { .. } => Err(CtlError::Usage(
+            "status-page serves until stopped; run it through witnessctl::run".into(),
         )),
         Command::CheckTopology { config, policy } => {
             let (voters, mail_sites) = match config {

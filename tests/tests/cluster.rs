@@ -489,18 +489,32 @@ fn witnessctl_reads_move_past_a_failing_endpoint_changes_do_not() {
     let broken = listener.local_addr().expect("addr").to_string();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     listener.set_nonblocking(true).expect("nonblocking");
+    // The hang-up server presents a witness's certificate of this cluster.
+    let server = witness::trust::Material::load(&c.pki().peer(1), witness::trust::unix_now())
+        .expect("the lab's peer certificate")
+        .grpc_server
+        .clone();
     let hangups = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut served = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        // Read the client's preface and first frames, then
-                        // hang up without answering.
-                        let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                    Ok((conn, _)) => {
+                        // Complete the TLS handshake as a witness would (so
+                        // the client sends its call), read the client's
+                        // preface and first frames, then hang up without
+                        // answering.
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(Duration::from_millis(300)));
+                        let Ok(tls) = rustls::ServerConnection::new(server.clone()) else {
+                            continue;
+                        };
+                        let mut conn = rustls::StreamOwned::new(tls, conn);
                         let mut buf = [0u8; 4096];
-                        let _ = std::io::Read::read(&mut conn, &mut buf);
+                        for _ in 0..3 {
+                            let _ = std::io::Read::read(&mut conn, &mut buf);
+                        }
                         drop(conn);
                         served += 1;
                     }

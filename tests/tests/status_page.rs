@@ -18,6 +18,10 @@
 //! pause virtual time until they are answered), so the dumped DOM is the
 //! page after a few refreshes.
 //!
+//! The witnesses' HTTP ports take mutual TLS; the browser reaches them
+//! through `witnessctl status-page`, which presents the lab viewer's
+//! certificate ([`Relay`]), as an operator would.
+//!
 //! The README's screenshot comes from the failover test:
 //! `WITNESS_SCREENSHOT=docs/status-page.png cargo test -p witness-e2e --test
 //! status_page` (a relative path is taken from the workspace root).
@@ -157,6 +161,47 @@ fn screenshot_path() -> Option<PathBuf> {
     Some(workspace.join(path))
 }
 
+/// `witnessctl status-page` relaying a loopback port to one witness's HTTP
+/// port as the lab's viewer; stopped on drop.
+struct Relay {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Relay {
+    fn start(c: &Cluster, node: &NodeSpec) -> Relay {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(witnessctl_bin())
+            .args(["status-page", "--http"])
+            .arg(format!("127.0.0.1:{}", node.http))
+            .args(["--listen", &listen])
+            .envs(Pki::ctl_env(&c.pki().viewer()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn witnessctl status-page");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("read the relay's first line");
+        assert!(
+            line.contains(&format!("open http://{listen}/")),
+            "witnessctl status-page said: {line:?}"
+        );
+        Relay {
+            child,
+            url: format!("http://{listen}/"),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The agreed leader's id and one follower.
 fn leader_and_follower(c: &Cluster) -> (u64, NodeSpec) {
     let leader = c.wait_for_leader(&[1, 2, 3], SETTLE);
@@ -217,7 +262,8 @@ fn status_page_shows_the_active_site_and_follows_a_failover() {
     });
 
     let (leader, follower) = leader_and_follower(&c);
-    let url = format!("http://127.0.0.1:{}/", follower.http);
+    let relay = Relay::start(&c, &follower);
+    let url = relay.url.clone();
 
     let dom = load_page(&url);
     assert_eq!(text_of(&dom, "active-site"), "dc-a", "{dom}");
@@ -264,8 +310,8 @@ fn status_page_shows_the_active_site_and_follows_a_failover() {
             c.kill(n);
         }
     }
-    let url = format!("http://127.0.0.1:{}/", survivor.http);
-    let dom = load_page(&url);
+    let relay = Relay::start(&c, &survivor);
+    let dom = load_page(&relay.url);
     assert!(
         text_of(&dom, "local-banner").starts_with(&format!(
             "The leader could not be reached: this is {}'s own view",

@@ -181,6 +181,7 @@ fn watch_streams_changes_until_stopped() {
         args.extend(["watch".into(), "--interval".into(), "200ms".into()]);
         let mut child = Command::new(witnessctl_bin())
             .args(&args)
+            .envs(Pki::ctl_env(&c.pki().operator()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

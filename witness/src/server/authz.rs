@@ -148,15 +148,30 @@ pub fn require_peer<T>(
         }
     }
     if membership_required {
-        let view = members.members();
-        // A node with no membership yet is a joiner waiting to be admitted:
-        // the leader that admits it is the first to write to it.
-        if !view.is_empty() && !view.contains_key(&from_id) {
-            return Err(Status::permission_denied(format!(
-                "witness node {from_id} is not a member of this cluster: an operator adds it \
-                 with `witnessctl members add --id {from_id} …`"
-            )));
-        }
+        require_member(Some(trust), members, from_id)?;
+    }
+    Ok(())
+}
+
+/// The membership half of [`require_peer`], for a caller that runs the
+/// envelope's identity checks in between (their refusal says more, e.g.
+/// "another cluster").
+pub fn require_member(
+    trust: Option<&Trust>,
+    members: &Membership,
+    from_id: NodeId,
+) -> Result<(), Status> {
+    if trust.is_none() {
+        return Ok(());
+    }
+    let view = members.members();
+    // A node with no membership yet is a joiner waiting to be admitted:
+    // the leader that admits it is the first to write to it.
+    if !view.is_empty() && !view.contains_key(&from_id) {
+        return Err(Status::permission_denied(format!(
+            "witness node {from_id} is not a member of this cluster: an operator adds it with \
+             `witnessctl members add --id {from_id} …`"
+        )));
     }
     Ok(())
 }

@@ -100,7 +100,9 @@ impl RaftService {
         F: FnOnce(Raft, Req) -> Fut,
         Fut: std::future::Future<Output = Result<Resp, E>>,
     {
-        self.authorize(&request, request.get_ref().from_id, true)?;
+        // The certificate first: only a witness speaking as itself gets its
+        // envelope read at all.
+        self.authorize(&request, request.get_ref().from_id, false)?;
         let req = request.into_inner();
         let payload: Req = match self.open(&req) {
             Ok(p) => p,
@@ -113,6 +115,13 @@ impl RaftService {
                 return Ok(self.reply_refused(refusal));
             }
         };
+        // Then membership, after the envelope's own checks so that a node of
+        // another cluster hears that, the more useful refusal.
+        authz::require_member(self.trust.as_deref(), &self.identity, req.from_id).inspect_err(
+            |status| {
+                tracing::warn!(from = req.from_id, "refused a Raft call: {}", status.message());
+            },
+        )?;
         match f(self.raft.clone(), payload).await {
             Ok(resp) => Ok(self.reply(&resp)),
             Err(e) => Ok(self.reply_refused(refuse(refusal::Kind::Unavailable, e.to_string()))),

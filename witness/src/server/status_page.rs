@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -104,9 +105,21 @@ fn unreachable_note(error: Option<tonic::Status>) -> String {
     }
 }
 
-async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
+/// A request to the Admin service on behalf of the page's reader: it
+/// carries the HTTP connection's certificate identity, so the Admin
+/// service checks (and a forward to the leader names) the same caller.
+fn as_reader<T>(message: T, reader: &ConnectInfo<crate::trust::ConnInfo>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.extensions_mut().insert(reader.0.clone());
+    request
+}
+
+async fn status(
+    State(node): State<Arc<Node>>,
+    reader: ConnectInfo<crate::trust::ConnInfo>,
+) -> impl IntoResponse {
     let admin = AdminService::new(node.clone());
-    let asked = admin.status(tonic::Request::new(StatusRequest { local: false }));
+    let asked = admin.status(as_reader(StatusRequest { local: false }, &reader));
     let reply = match tokio::time::timeout(LEADER_TIMEOUT, asked).await {
         Ok(Ok(reply)) => reply.into_inner(),
         Ok(Err(e)) => local_status(&admin, unreachable_note(Some(e))),
@@ -150,11 +163,12 @@ struct HistoryQuery {
 
 async fn history(
     State(node): State<Arc<Node>>,
+    reader: ConnectInfo<crate::trust::ConnInfo>,
     Query(query): Query<HistoryQuery>,
 ) -> impl IntoResponse {
     let limit = query.limit.unwrap_or(DEFAULT_HISTORY).clamp(1, MAX_HISTORY);
     let admin = AdminService::new(node.clone());
-    let asked = admin.history(tonic::Request::new(HistoryRequest { limit }));
+    let asked = admin.history(as_reader(HistoryRequest { limit }, &reader));
     let (reply, note) = match tokio::time::timeout(LEADER_TIMEOUT, asked).await {
         Ok(Ok(reply)) => (reply.into_inner(), None),
         Ok(Err(e)) => (admin.local_history(limit), Some(unreachable_note(Some(e)))),

@@ -457,6 +457,44 @@ async fn dial(
     }))
 }
 
+/// A TLS connection to a witness's port at `addr` (`host:port`) speaking
+/// `alpn`, presenting `trust`'s certificate: for a caller that carries its
+/// own protocol over it (`witnessctl status-page` relays HTTP/1.1).
+pub async fn connect_stream(
+    trust: &Trust,
+    addr: &str,
+    alpn: &[&[u8]],
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{addr:?} is not host:port"),
+            )
+        })?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .to_string();
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let mut config = (*trust.current().client).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = ServerName::try_from(host.clone()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{host:?} is not a host name: {e}"),
+        )
+    })?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| explain_handshake(e, &host, port))
+}
+
 /// A handshake error in words an operator can act on.
 fn explain_handshake(e: io::Error, host: &str, port: u16) -> io::Error {
     let text = e.to_string();
