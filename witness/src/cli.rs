@@ -283,9 +283,8 @@ pub enum CertsCommand {
 pub fn certs(args: &CertsArgs) -> anyhow::Result<()> {
     use crate::trust::{Principal, certs, identity::check_name};
     let now = crate::trust::unix_now();
-    let name = |what: &str, value: &str| {
-        check_name(value).map_err(|e| anyhow::anyhow!("--{what}: {e}"))
-    };
+    let name =
+        |what: &str, value: &str| check_name(value).map_err(|e| anyhow::anyhow!("--{what}: {e}"));
     let (principal, hosts, issue) = match &args.command {
         CertsCommand::Ca {
             cluster,
@@ -295,8 +294,15 @@ pub fn certs(args: &CertsArgs) -> anyhow::Result<()> {
         } => {
             let (cert, key) =
                 certs::init_ca(dir, cluster, *days, *force, now).map_err(anyhow::Error::msg)?;
-            println!("CA of cluster {cluster:?}: {} and {}", cert.display(), key.display());
-            println!("Keep {} offline once the certificates are issued.", key.display());
+            println!(
+                "CA of cluster {cluster:?}: {} and {}",
+                cert.display(),
+                key.display()
+            );
+            println!(
+                "Keep {} offline once the certificates are issued.",
+                key.display()
+            );
             return Ok(());
         }
         CertsCommand::Show { files } => {
@@ -311,7 +317,11 @@ pub fn certs(args: &CertsArgs) -> anyhow::Result<()> {
             }
             (Principal::Peer { id: *id }, hosts.clone(), issue)
         }
-        CertsCommand::Agent { site, name: n, issue } => {
+        CertsCommand::Agent {
+            site,
+            name: n,
+            issue,
+        } => {
             name("site", site)?;
             name("name", n)?;
             let principal = Principal::Agent {

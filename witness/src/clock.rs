@@ -31,5 +31,4 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-
 pub use witness_trust::format_unix;

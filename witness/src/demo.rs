@@ -769,8 +769,7 @@ impl Lab {
         let tls = self.tls_dir();
         let now = crate::trust::unix_now();
         certs::init_ca(&tls, "demo", 30, false, now)?;
-        let mut principals: Vec<Principal> =
-            (1..=3).map(|id| Principal::Peer { id }).collect();
+        let mut principals: Vec<Principal> = (1..=3).map(|id| Principal::Peer { id }).collect();
         for (site, mbox, proxy, _) in SITES {
             for name in [mbox, proxy] {
                 principals.push(Principal::Agent {

@@ -32,7 +32,7 @@ use witness_proto::{HelloRequest, hello_reply, raft_client::RaftClient};
 
 use crate::config::{self, NodeConfig, Policy};
 use crate::raft::identity::Identity;
-use crate::raft::network::{NetContext, NetworkFactory, PinRequest};
+use crate::raft::network::{NetContext, NetworkFactory, PeerTransport, PinRequest};
 use crate::raft::store::{Bootstrap, STORE_FORMAT_VERSION, StateReader, Store, StoreMeta};
 use crate::raft::types::{Incarnation, NodeId, Raft, WitnessNode};
 use crate::state::{Actor, Request, Response};
@@ -321,8 +321,10 @@ impl Node {
             sm,
             Some(store),
             meta.bootstrap,
-            None,
-            trust,
+            PeerTransport {
+                dialer: None,
+                trust,
+            },
         )
         .await
     }
@@ -335,8 +337,7 @@ impl Node {
         sm: crate::raft::store::StateMachineStore,
         store: Option<Arc<Store>>,
         bootstrap: Option<Bootstrap>,
-        dialer: Option<crate::raft::network::Dialer>,
-        trust: Option<Arc<crate::trust::Trust>>,
+        transport: PeerTransport,
     ) -> anyhow::Result<Arc<Node>> {
         let raft_config = raft_config(&config)?;
         let mut log = log;
@@ -346,13 +347,8 @@ impl Node {
             s.last_log_id.map(|l| l.index).unwrap_or(0)
         };
         let (pin_tx, pin_rx) = mpsc::unbounded_channel();
-        let net = NetContext::with_dialer(
-            identity.clone(),
-            trust.clone(),
-            pin_tx,
-            config.raft.rpc_timeout,
-            dialer,
-        );
+        let trust = transport.trust.clone();
+        let net = NetContext::new(identity.clone(), pin_tx, config.raft.rpc_timeout, transport);
         let state = sm.reader();
         let raft = Raft::new(
             config.node.id,

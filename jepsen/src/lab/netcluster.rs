@@ -38,8 +38,8 @@ use std::time::Duration;
 use crate::{Host, Nemesis, Net, Proc, ProcSpec, Topology};
 use serde_json::Value;
 
-use super::pki::Pki;
 use super::lease::{LeaseClient, LeaseSpec};
+use super::pki::Pki;
 use super::{SETTLE, SiteSpec, TargetSpec, site_policy, text, wait_until, witness_bin};
 
 /// gRPC port of every witness (each host has its own port space).

@@ -353,8 +353,14 @@ pub fn import(text: &str, origin: &Path) -> Result<Imported, HabeatError> {
          --site {site} --name {name}` (docs/SECURITY.md)."
     ));
     imp.kv("ca", &quote("/etc/witness/tls/ca.pem"));
-    imp.kv("cert", &quote(&format!("/etc/witness/tls/agent-{site}-{name}.pem")));
-    imp.kv("key", &quote(&format!("/etc/witness/tls/agent-{site}-{name}.key")));
+    imp.kv(
+        "cert",
+        &quote(&format!("/etc/witness/tls/agent-{site}-{name}.pem")),
+    );
+    imp.kv(
+        "key",
+        &quote(&format!("/etc/witness/tls/agent-{site}-{name}.key")),
+    );
 
     imp.notes_for_the_rest(top, local, &whoami, &role_text);
     Ok(Imported {

@@ -12,8 +12,8 @@ use super::consul::{ConsulAgentConfig, ConsulAgentSection};
 use super::defaults::{self, HEARTBEATS_PER_ELECTION_TIMEOUT, MAX_PEERS};
 use super::error::{ConfigError, FileKind, Problem};
 use super::tls::TlsSection;
-use crate::trust::{Expect, Trust};
 use super::{check, from_toml, show};
+use crate::trust::{Expect, Trust};
 
 /// One witness node's configuration (`witness.toml`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -76,11 +76,7 @@ impl TlsSection {
 
     pub fn check(section: Option<&TlsSection>, problems: &mut Vec<Problem>) {
         let Some(tls) = section else {
-            problems.push(Problem::new(
-                "tls",
-                "there is no [tls] table",
-                MISSING_HINT,
-            ));
+            problems.push(Problem::new("tls", "there is no [tls] table", MISSING_HINT));
             return;
         };
         let given: Vec<&str> = [

@@ -32,10 +32,10 @@ use witness_proto::raft_client::RaftClient;
 use witness_proto::{RaftReply, RaftRequest, raft_reply};
 
 use crate::raft::identity::Identity;
-use crate::trust::{Dial, Trust};
 use crate::raft::types::{
     Incarnation, NodeId, SnapshotData, SnapshotMeta, TypeConfig, Vote, WitnessNode,
 };
+use crate::trust::{Dial, Trust};
 
 /// Largest message accepted or sent on the Raft service: a whole snapshot
 /// travels in one message. The state is small (bounded history), so this is a
@@ -68,15 +68,31 @@ pub struct PeerRefusal {
 /// deterministic simulation substitutes its own network.
 pub type Dialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 
+/// How a witness reaches its peers: through `dialer` (the deterministic
+/// simulation's network) or over TCP, with mutual TLS when `trust` holds
+/// this witness's certificate (`None`: `insecure = true`).
+#[derive(Clone, Default)]
+pub struct PeerTransport {
+    pub dialer: Option<Dialer>,
+    pub trust: Option<Arc<Trust>>,
+}
+
+/// The channels to peers, per (peer id, address): a channel expects that
+/// peer's certificate. All are dropped and remade when the certificates are
+/// reloaded (`generation` is the [`Trust::generation`] they were made with).
+#[derive(Default)]
+struct Channels {
+    generation: u64,
+    by_peer: HashMap<(NodeId, String), Channel>,
+}
+
 /// Shared by every per-peer client.
 pub struct NetContext {
     dialer: Option<Dialer>,
     identity: Arc<Identity>,
     /// This witness's certificate; `None` on a plaintext (insecure) node.
     trust: Option<Arc<Trust>>,
-    /// Per (peer id, address): a channel expects that peer's certificate.
-    /// Dropped and remade when the certificates are reloaded.
-    channels: Mutex<(u64, HashMap<(NodeId, String), Channel>)>,
+    channels: Mutex<Channels>,
     pins: mpsc::UnboundedSender<PinRequest>,
     refusals: Mutex<HashMap<NodeId, PeerRefusal>>,
     /// Lower bound on every Raft RPC's deadline (`raft.rpc_timeout`). openraft
@@ -88,27 +104,15 @@ pub struct NetContext {
 impl NetContext {
     pub fn new(
         identity: Arc<Identity>,
-        trust: Option<Arc<Trust>>,
         pins: mpsc::UnboundedSender<PinRequest>,
         rpc_timeout: Duration,
-    ) -> Arc<Self> {
-        Self::with_dialer(identity, trust, pins, rpc_timeout, None)
-    }
-
-    /// Like [`NetContext::new`], dialing peers with `dialer` (TCP, with TLS
-    /// when `trust` is given, if `None`).
-    pub fn with_dialer(
-        identity: Arc<Identity>,
-        trust: Option<Arc<Trust>>,
-        pins: mpsc::UnboundedSender<PinRequest>,
-        rpc_timeout: Duration,
-        dialer: Option<Dialer>,
+        transport: PeerTransport,
     ) -> Arc<Self> {
         Arc::new(Self {
-            dialer,
+            dialer: transport.dialer,
             identity,
-            trust,
-            channels: Mutex::new((0, HashMap::new())),
+            trust: transport.trust,
+            channels: Mutex::new(Channels::default()),
             pins,
             refusals: Mutex::new(HashMap::new()),
             rpc_timeout,
@@ -119,13 +123,13 @@ impl NetContext {
     /// lazily; with TLS, the other end must present node `id`'s certificate.
     pub fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, String> {
         let mut guard = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        let (generation, channels) = &mut *guard;
         // After a certificate reload, new connections present the new one.
         let now = self.trust.as_ref().map_or(0, |t| t.generation());
-        if *generation != now {
-            channels.clear();
-            *generation = now;
+        if guard.generation != now {
+            guard.by_peer.clear();
+            guard.generation = now;
         }
+        let channels = &mut guard.by_peer;
         let key = (id, addr.to_string());
         if let Some(ch) = channels.get(&key) {
             return Ok(ch.clone());

@@ -20,8 +20,8 @@ use witness_proto::admin_client::AdminClient;
 use witness_proto::admin_server::Admin;
 use witness_proto::*;
 
-use crate::config::Policy;
 use super::authz;
+use crate::config::Policy;
 use crate::node::{Node, NodeError};
 use crate::raft::types::{NodeId, WitnessNode};
 use crate::state::Actor;
@@ -355,7 +355,11 @@ impl AdminService {
     /// Admin writes: an operator certificate. Returns the operator's name
     /// (the certificate's; on a plaintext node, the one the request gave),
     /// and logs the action under it.
-    fn operator<T: OperatorField>(&self, request: &Request<T>, action: &str) -> Result<String, Status> {
+    fn operator<T: OperatorField>(
+        &self,
+        request: &Request<T>,
+        action: &str,
+    ) -> Result<String, Status> {
         let claimed = request.get_ref().operator_field();
         let who = authz::require_operator(
             self.node.trust.as_deref(),
@@ -629,7 +633,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn policy_apply(&self, mut request: Request<PolicyApplyRequest>) -> Res<PolicyApplyReply> {
+    async fn policy_apply(
+        &self,
+        mut request: Request<PolicyApplyRequest>,
+    ) -> Res<PolicyApplyReply> {
         let who = self.operator(&request, "policy-apply")?;
         request.get_mut().operator = who;
         let req = request.get_ref();

@@ -84,9 +84,8 @@ pub fn caller<T>(
         )));
     }
     let uri = value.to_str().unwrap_or_default();
-    let named = Identity::parse(uri).map_err(|e| {
-        Status::invalid_argument(format!("{FORWARDED_HEADER} from node {id}: {e}"))
-    })?;
+    let named = Identity::parse(uri)
+        .map_err(|e| Status::invalid_argument(format!("{FORWARDED_HEADER} from node {id}: {e}")))?;
     let cluster = trust.own().cluster;
     if named.cluster != cluster {
         return Err(Status::permission_denied(format!(
@@ -258,12 +257,10 @@ pub fn require_operator<T>(
     match caller(trust, members, request)? {
         Caller::Insecure => Ok(claimed.to_string()),
         Caller::Principal(Principal::Operator { name }) => Ok(name),
-        Caller::Principal(p @ Principal::Viewer { .. }) => Err(Status::permission_denied(
-            format!(
-                "{} may only read: this change needs an operator certificate",
-                describe(&p)
-            ),
-        )),
+        Caller::Principal(p @ Principal::Viewer { .. }) => Err(Status::permission_denied(format!(
+            "{} may only read: this change needs an operator certificate",
+            describe(&p)
+        ))),
         Caller::Principal(other) => Err(Status::permission_denied(format!(
             "{} may not use the Admin service: it needs an operator certificate",
             describe(&other)

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
-use axum::middleware;
 use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use openraft::async_runtime::WatchReceiver;
@@ -119,6 +119,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         probes: &probes,
         directives: &applied.state.ledger.directives,
         counters: &node.counters,
+        tls: node.trust.as_deref().map(super::metrics::TlsFacts::of),
         now_ms: crate::clock::unix_ms(),
     });
     (

@@ -142,8 +142,31 @@ pub struct Scrape<'a> {
     /// The current epoch's directives, as applied here.
     pub directives: &'a [Directive],
     pub counters: &'a Counters,
+    /// The TLS material in use (`None`: insecure).
+    pub tls: Option<TlsFacts>,
     /// The wall clock, for ages.
     pub now_ms: u64,
+}
+
+/// What `/metrics` says of this witness's TLS.
+#[derive(Clone, Copy, Debug)]
+pub struct TlsFacts {
+    /// Seconds since the epoch when its own certificate expires.
+    pub cert_not_after: i64,
+    /// When the CA certificate expires.
+    pub ca_not_after: i64,
+    pub handshake_failures: u64,
+}
+
+impl TlsFacts {
+    pub fn of(trust: &crate::trust::Trust) -> TlsFacts {
+        let material = trust.current();
+        TlsFacts {
+            cert_not_after: material.own.not_after,
+            ca_not_after: material.ca_not_after,
+            handshake_failures: trust.handshake_failures(),
+        }
+    }
 }
 
 /// One metric family being written: its `# HELP` / `# TYPE` header once,
@@ -245,6 +268,7 @@ pub fn render(scrape: &Scrape<'_>) -> String {
         probes,
         directives,
         counters,
+        tls,
         now_ms,
     } = *scrape;
     let tallies = counters.snapshot();
@@ -255,7 +279,7 @@ pub fn render(scrape: &Scrape<'_>) -> String {
     o.family(
         "witness_info",
         "gauge",
-        "This witness: node id, name, cluster and store incarnation (always 1).",
+        "This witness: node id, name and cluster (always 1).",
     );
     o.sample(
         "witness_info",
@@ -263,10 +287,43 @@ pub fn render(scrape: &Scrape<'_>) -> String {
             ("node", &node),
             ("name", &status.answered_by_name),
             ("cluster", &status.cluster_name),
-            ("incarnation", &status.incarnation),
         ],
         1.0,
     );
+    // TLS: whether it is on, how long the certificates have left, and how
+    // many handshakes were refused.
+    o.one(
+        "witness_tls_enabled",
+        "gauge",
+        "1 when the ports take mutual TLS; 0 when the node file says insecure = true.",
+        flag(tls.is_some()),
+    );
+    if let Some(tls) = tls {
+        o.family(
+            "witness_tls_cert_expiry_seconds",
+            "gauge",
+            "Seconds until a certificate in use expires (negative once expired): role=peer is \
+             this witness's own, role=ca the cluster CA's.",
+        );
+        let now_s = (now_ms / 1000) as i64;
+        o.sample(
+            "witness_tls_cert_expiry_seconds",
+            &[("role", "peer")],
+            (tls.cert_not_after - now_s) as f64,
+        );
+        o.sample(
+            "witness_tls_cert_expiry_seconds",
+            &[("role", "ca")],
+            (tls.ca_not_after - now_s) as f64,
+        );
+        o.one(
+            "witness_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes refused: no or bad client certificate, another CA, expired, denied, \
+             timed out.",
+            tls.handshake_failures as f64,
+        );
+    }
     o.one(
         "witness_ready",
         "gauge",
@@ -696,6 +753,11 @@ mod tests {
             probes,
             directives: &[],
             counters,
+            tls: Some(TlsFacts {
+                cert_not_after: 3 + 86_400,
+                ca_not_after: 3 + 10 * 86_400,
+                handshake_failures: 2,
+            }),
             now_ms: 3_000,
         })
     }
@@ -751,6 +813,16 @@ mod tests {
         assert!(has("witness_verdict_active{site=\"dc-a\"} 0"), "{text}");
         assert!(has("witness_verdict_mode{mode=\"auto\"} 1"), "{text}");
         assert!(has("witness_raft_is_leader 1"), "{text}");
+        assert!(has("witness_tls_enabled 1"), "{text}");
+        assert!(
+            has("witness_tls_cert_expiry_seconds{role=\"peer\"} 86400"),
+            "{text}"
+        );
+        assert!(
+            has("witness_tls_cert_expiry_seconds{role=\"ca\"} 864000"),
+            "{text}"
+        );
+        assert!(has("witness_tls_handshake_failures_total 2"), "{text}");
         assert!(
             has("witness_site_witnesses{site=\"dc-a\",seen=\"down\"} 2"),
             "{text}"

@@ -195,8 +195,7 @@ pub async fn serve(
     let mut http_stop = stop.clone();
     let http_fut = axum::serve(
         Incoming::new(http, trust.clone(), Port::Http),
-        http::router(node.clone())
-            .into_make_service_with_connect_info::<crate::trust::ConnInfo>(),
+        http::router(node.clone()).into_make_service_with_connect_info::<crate::trust::ConnInfo>(),
     )
     .with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|s| *s).await;

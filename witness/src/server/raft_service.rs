@@ -119,7 +119,11 @@ impl RaftService {
         // another cluster hears that, the more useful refusal.
         authz::require_member(self.trust.as_deref(), &self.identity, req.from_id).inspect_err(
             |status| {
-                tracing::warn!(from = req.from_id, "refused a Raft call: {}", status.message());
+                tracing::warn!(
+                    from = req.from_id,
+                    "refused a Raft call: {}",
+                    status.message()
+                );
             },
         )?;
         match f(self.raft.clone(), payload).await {

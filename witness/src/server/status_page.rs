@@ -141,12 +141,24 @@ fn local_status(admin: &AdminService, note: String) -> StatusReply {
 fn status_document(node: &Node, reply: &StatusReply) -> Value {
     let mut doc = status_json(reply);
     if let Value::Object(fields) = &mut doc {
+        // Nothing a peer check relies on leaves through the page: not the
+        // cluster id, not the store incarnations (witnessctl, over the
+        // authenticated Admin service, shows them).
+        fields.remove("cluster_id");
+        if let Some(Value::Array(members)) = fields.get_mut("members") {
+            for member in members {
+                if let Value::Object(m) = member {
+                    m.remove("incarnation");
+                }
+            }
+        }
         let view = if reply.role == "leader" {
             "leader"
         } else {
             "local"
         };
         fields.insert("view".into(), view.into());
+        fields.insert("tls".into(), tls_document(node, crate::trust::unix_now()));
         fields.insert("served_by".into(), node.config.node.id.into());
         fields.insert(
             "served_by_name".into(),
@@ -154,6 +166,53 @@ fn status_document(node: &Node, reply: &StatusReply) -> Value {
         );
     }
     doc
+}
+
+/// The page's word on this witness's TLS: off (a loud warning), or the
+/// certificates' expiry, with a warning from [`crate::trust::EXPIRY_WARNING`]
+/// before the first of them runs out.
+fn tls_document(node: &Node, now_s: i64) -> Value {
+    let Some(trust) = node.trust.as_deref() else {
+        return json!({
+            "enabled": false,
+            "warning": format!(
+                "{} runs without TLS (insecure = true): anyone who reaches its ports can act as a \
+                 witness, an agent or an operator",
+                node.config.node.name
+            ),
+        });
+    };
+    let material = trust.current();
+    let soon = crate::trust::EXPIRY_WARNING.as_secs() as i64;
+    let mut warnings = Vec::new();
+    for (what, at) in [
+        (
+            format!("{}'s certificate", node.config.node.name),
+            material.own.not_after,
+        ),
+        ("the cluster CA".to_string(), material.ca_not_after),
+    ] {
+        let left = at - now_s;
+        if left <= 0 {
+            warnings.push(format!(
+                "{what} expired on {}",
+                crate::clock::format_unix(at)
+            ));
+        } else if left <= soon {
+            warnings.push(format!(
+                "{what} expires in {} day(s), on {}: reissue it with `witness certs` (it is \
+                 reloaded without a restart)",
+                left / 86_400,
+                crate::clock::format_unix(at)
+            ));
+        }
+    }
+    json!({
+        "enabled": true,
+        "cert_expires_unix": material.own.not_after,
+        "ca_expires_unix": material.ca_not_after,
+        "warning": if warnings.is_empty() { Value::Null } else { Value::String(warnings.join("; ")) },
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -387,5 +446,36 @@ mod tests {
                 assert_eq!(code, want, "{who:?} {path}: {body}");
             }
         }
+    }
+
+    /// The page's JSON says when the certificates expire and warns within
+    /// 14 days; it never carries the cluster id or store incarnations.
+    #[tokio::test]
+    async fn the_page_warns_before_certificates_expire_and_hides_peer_secrets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = joiner(dir.path()).await;
+        let expires = node.trust.as_ref().expect("tls").current().own.not_after;
+        let doc = tls_document(&node, expires - 30 * 86_400);
+        assert_eq!(doc["warning"], Value::Null, "{doc}");
+        let doc = tls_document(&node, expires - 3 * 86_400);
+        let warning = doc["warning"].as_str().expect("a warning");
+        assert!(
+            warning.contains("w1's certificate expires in 3 day(s)"),
+            "{doc}"
+        );
+        let doc = tls_document(&node, expires + 1);
+        assert!(
+            doc["warning"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("expired"),
+            "{doc}"
+        );
+
+        let (_, _, body) = get(&node, "/status.json").await;
+        let doc: Value = serde_json::from_str(&body).expect("status json");
+        assert!(doc.get("cluster_id").is_none(), "{doc}");
+        assert!(!body.contains("incarnation"), "{body}");
+        assert_eq!(doc["tls"]["enabled"], true, "{doc}");
     }
 }

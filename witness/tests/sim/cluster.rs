@@ -258,8 +258,10 @@ pub fn add_witness(
                 sm,
                 None,
                 bootstrap,
-                Some(net::dialer()),
-                None,
+                witness::raft::network::PeerTransport {
+                    dialer: Some(net::dialer()),
+                    trust: None,
+                },
             )
             .await
             .map_err(|e| format!("starting witness {}: {e:#}", index + 1))?;

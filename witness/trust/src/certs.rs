@@ -18,8 +18,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -359,7 +359,9 @@ pub fn describe(path: &Path) -> Result<String, String> {
             path.display(),
             cert.subject(),
             cert.issuer(),
-            cert.raw_serial_as_string().replace(':', "").to_ascii_lowercase(),
+            cert.raw_serial_as_string()
+                .replace(':', "")
+                .to_ascii_lowercase(),
             crate::format_unix(not_before),
             crate::format_unix(not_after),
         ));
@@ -424,7 +426,7 @@ mod tests {
     fn nothing_is_overwritten_without_force() {
         let dir = tempfile::tempdir().expect("tempdir");
         init_ca(dir.path(), "mail", 30, false, now()).expect("ca");
-        let err = init_ca(dir.path(), "mail", 30, false, now()).unwrap_err();
+        let err = init_ca(dir.path(), "mail", 30, false, now()).expect_err("refused");
         assert!(err.contains("--force"), "{err}");
         init_ca(dir.path(), "mail", 30, true, now()).expect("forced");
     }
@@ -451,7 +453,7 @@ mod tests {
             key: key.clone(),
             deny: None,
         };
-        let err = Material::load(&files, now()).unwrap_err();
+        let err = Material::load(&files, now()).expect_err("refused");
         assert!(err.contains("not usable with tls.ca"), "{err}");
         // Ten days after a one-day certificate expired.
         let files = TlsFiles {
@@ -461,7 +463,7 @@ mod tests {
             deny: None,
         };
         Material::load(&files, now()).expect("valid now");
-        let err = Material::load(&files, now() + 20 * 86_400).unwrap_err();
+        let err = Material::load(&files, now() + 20 * 86_400).expect_err("refused");
         assert!(err.contains("xpired"), "{err}");
     }
 }

@@ -91,7 +91,10 @@ impl DenyList {
 
     fn refuses(&self, cert: &CertInfo) -> Option<String> {
         if self.serials.contains(&cert.serial) {
-            return Some(format!("certificate serial {} is on the deny list", cert.serial));
+            return Some(format!(
+                "certificate serial {} is on the deny list",
+                cert.serial
+            ));
         }
         if self.identities.contains(&cert.identity.uri()) {
             return Some(format!("{} is on the deny list", cert.identity));
@@ -134,8 +137,8 @@ pub struct CertInfo {
 /// Read the identity, serial and expiry of a DER certificate.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
     use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let mut uris = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -175,8 +178,8 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
 /// End of validity of a DER certificate (the CA's has no identity URI).
 pub fn not_after(der: &[u8]) -> Result<i64, String> {
     use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
     Ok(cert.validity().not_after.timestamp())
 }
 
@@ -223,8 +226,8 @@ fn read(what: &str, path: &Path) -> Result<Vec<u8>, String> {
 #[cfg(unix)]
 fn check_key_mode(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("reading tls.key {}: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("reading tls.key {}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o007 != 0 {
         return Err(format!(
@@ -606,9 +609,9 @@ mod tests {
         .expect("valid deny list");
         assert_eq!(deny.len(), 2);
         assert!(deny.serials.contains("aff"));
-        let err = DenyList::parse("serial:xyz\n", Path::new("deny.txt")).unwrap_err();
+        let err = DenyList::parse("serial:xyz\n", Path::new("deny.txt")).expect_err("refused");
         assert!(err.contains("deny.txt:1"), "{err}");
-        let err = DenyList::parse("bob\n", Path::new("deny.txt")).unwrap_err();
+        let err = DenyList::parse("bob\n", Path::new("deny.txt")).expect_err("refused");
         assert!(err.contains("not start with"), "{err}");
     }
 }
