@@ -1123,3 +1123,70 @@ fn metrics_show_the_verdict_leader_agents_and_leases() {
         "{t}"
     );
 }
+
+/// The policy names a command; only the agent files say what it runs. An
+/// agent whose file does not define it refuses the directive and runs
+/// nothing (the directive shows the refusal); one that does runs its own
+/// argv.
+#[test]
+fn a_policy_command_runs_only_what_an_agents_own_file_defines() {
+    let mut sites = Sites::start();
+    let c = Cluster::running(
+        3,
+        "",
+        &sites.policy(&format!(
+            "[directives]\nclaim_ttl = \"{CLAIM_TTL}\"\nmax_attempts = 5\n\
+             [[directives.command]]\nname = \"notify\"\nrole = \"mailstore\"\n\
+             after = [\"promote\"]\n"
+        )),
+    );
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let lab = AgentLab::new(FAKE);
+    let w = witnesses(&c);
+    let ran = lab.path("notify-ran");
+    // The policy cannot say what "notify" runs: mbox-b's file does not
+    // define it at all.
+    let _mbox_a = lab.start(&AgentSpec::new("mbox-a", "dc-a", "mailstore"), &w);
+    let mbox_b = lab.start(&AgentSpec::new("mbox-b", "dc-b", "mailstore"), &w);
+    wait_state(&mbox_b, "standby", Some(1), AGENT_SETTLE);
+    sites.kill('a');
+    c.wait_verdict("dc-b", 2, FAILOVER_BOUND);
+    let refused = wait_until(SETTLE, "2/notify refused by mbox-b", || {
+        directive(&c, "notify").filter(|d| {
+            d["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("defines no [[command]] named \"notify\""))
+        })
+    });
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert!(!ran.exists(), "nothing ran on mbox-b");
+    drop(mbox_b);
+
+    // A mailstore agent of dc-b whose own file defines "notify" runs it.
+    let ran_text = ran.display().to_string();
+    let _mbox_b2 = lab.start(
+        &AgentSpec::new("mbox-b2", "dc-b", "mailstore").command(
+            "notify",
+            &[
+                "/bin/sh",
+                "-c",
+                &format!("echo $WITNESS_DIRECTIVE_ID > {ran_text}"),
+            ],
+        ),
+        &w,
+    );
+    let out = c.ctl(&[
+        "directives",
+        "retry",
+        "2/notify",
+        "--reason",
+        "mbox-b2 defines it",
+    ]);
+    assert!(out.status.success(), "retry: {}", text(&out));
+    let done = wait_until(FAILOVER_BOUND, "2/notify done by mbox-b2", || {
+        directive(&c, "notify").filter(|d| d["state"] == "done")
+    });
+    assert_eq!(done["agent"], "mbox-b2", "{done}");
+    let written = std::fs::read_to_string(&ran).expect("mbox-b2 ran its own command");
+    assert_eq!(written.trim(), "2/notify");
+}

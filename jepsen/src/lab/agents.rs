@@ -77,6 +77,8 @@ pub struct AgentSpec {
     /// systemd units bound to the agent would start and stop (the runner's
     /// fenced services answer only while it exists).
     pub serve_flag: Option<PathBuf>,
+    /// `[[command]]`s of its file: (name, argv), each with a 10 s timeout.
+    pub commands: Vec<(String, Vec<String>)>,
 }
 
 impl AgentSpec {
@@ -91,7 +93,15 @@ impl AgentSpec {
             bgp_config: None,
             fence_timeout: "1s".into(),
             serve_flag: None,
+            commands: Vec::new(),
         }
+    }
+
+    /// Define `[[command]] name` running `argv` in the agent's file.
+    pub fn command(mut self, name: &str, argv: &[&str]) -> AgentSpec {
+        self.commands
+            .push((name.into(), argv.iter().map(|a| a.to_string()).collect()));
+        self
     }
 
     pub fn serve_flag(mut self, file: &Path) -> AgentSpec {
@@ -256,6 +266,11 @@ impl AgentLab {
                 None => "mode = \"off\"".to_string(),
             },
         );
+        for (name, argv) in &spec.commands {
+            s.push_str(&format!(
+                "\n[[command]]\nname = {name:?}\nargv = {argv:?}\ntimeout = \"10s\"\n"
+            ));
+        }
         s.push_str(&super::pki::Pki::table(
             &super::pki::Pki::shared(&self.cluster).agent(&spec.site, &spec.name),
         ));

@@ -71,6 +71,33 @@ impl Pki {
         self.dir.join(certs::CA_CERT)
     }
 
+    /// The CA's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A certificate for `principal` issued as if the clock read `now`
+    /// (seconds since the epoch) and valid for `days`, into `out`: an
+    /// expired one, or a replacement written over `out`'s files.
+    pub fn issue_at(&self, principal: Principal, out: &Path, now: i64, days: u32) -> TlsFiles {
+        let (cert, key) = certs::issue_into(
+            &self.dir,
+            out,
+            principal,
+            &["127.0.0.1".into()],
+            days,
+            true,
+            now,
+        )
+        .unwrap_or_else(|e| panic!("issuing a lab certificate: {e}"));
+        TlsFiles {
+            ca: self.ca(),
+            cert,
+            key,
+            deny: None,
+        }
+    }
+
     /// The files of `principal`'s certificate, issued on first use.
     pub fn files(&self, principal: Principal) -> TlsFiles {
         let stem = certs::stem(&principal);

@@ -53,6 +53,34 @@ pub struct AgentConfig {
     /// `insecure = true`. Required: plaintext is never a default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSection>,
+    /// `[[command]]`: the commands the cluster policy may order by name
+    /// (`[[directives.command]]`). Nothing else is ever run for a policy.
+    #[serde(rename = "command", default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<NamedCommand>,
+}
+
+/// One `[[command]]`: a program this agent runs when a failover's directive
+/// names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedCommand {
+    /// The name a `[[directives.command]]` of the policy uses.
+    pub name: String,
+    /// The program (an absolute path) and its arguments. No shell.
+    pub argv: Vec<String>,
+    /// After this the command's whole process group is killed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl NamedCommand {
+    /// As a hook command (the same rules and the same runner).
+    pub fn as_hook(&self) -> HookCommand {
+        HookCommand {
+            argv: self.argv.clone(),
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// The `[agent]` table.
@@ -266,6 +294,7 @@ impl AgentConfig {
         self.check_hooks(&mut problems);
         self.check_carbonio(&mut problems);
         self.watchdog.check(&mut problems);
+        self.check_commands(&mut problems);
         TlsSection::check(self.tls.as_ref(), &mut problems);
         ConfigError::from_problems(problems)
     }
@@ -352,6 +381,44 @@ impl AgentConfig {
                  it): fencing runs the hooks in order and must be over within fence_timeout",
             ));
         }
+    }
+
+    fn check_commands(&self, problems: &mut Vec<Problem>) {
+        if self.commands.len() > defaults::MAX_HOOK_COMMANDS {
+            problems.push(Problem::new(
+                "command",
+                format!(
+                    "{} [[command]] tables, more than {}",
+                    self.commands.len(),
+                    defaults::MAX_HOOK_COMMANDS
+                ),
+                "merge commands into one script",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, command) in self.commands.iter().enumerate() {
+            let key = format!("command[{i}]");
+            if let Err(why) = check::name(&command.name) {
+                problems.push(Problem::new(
+                    format!("{key}.name"),
+                    why,
+                    "use the name the policy's [[directives.command]] gives, 1-63 of \
+                     [A-Za-z0-9._-]",
+                ));
+            } else if !seen.insert(command.name.as_str()) {
+                problems.push(Problem::new(
+                    format!("{key}.name"),
+                    format!("command {:?} is defined twice", command.name),
+                    "define each command once",
+                ));
+            }
+            command.as_hook().check(&key, problems);
+        }
+    }
+
+    /// The `[[command]]` named `name`, if this file defines it.
+    pub fn command(&self, name: &str) -> Option<&NamedCommand> {
+        self.commands.iter().find(|c| c.name == name)
     }
 
     fn check_carbonio(&self, problems: &mut Vec<Problem>) {

@@ -49,6 +49,7 @@ use witness_proto::{
 use super::carbonio::{self, Carbonio, Hostname, PromoteExit};
 use super::client::Witnesses;
 use super::clock::{BootInstant, Deadline};
+use super::config::NamedCommand;
 use super::hooks::{self, HookOutcome, HookStatus, OUTPUT_TAIL};
 use super::run::{Identity, Lease};
 use crate::state::ledger::Action;
@@ -70,6 +71,9 @@ pub struct Job {
     pub info: DirectiveInfo,
     pub witnesses: Arc<Witnesses>,
     pub carbonio: Option<Carbonio>,
+    /// The agent file's `[[command]]`s: the only programs an operator's
+    /// command directive can run, by name.
+    pub commands: Vec<NamedCommand>,
     /// This mailstore's own Carbonio name (the pre-flight's destination).
     pub mail_host: Option<String>,
     /// The agent's current lease, updated by the main loop.
@@ -167,6 +171,7 @@ pub async fn execute(job: Job) -> Finished {
     let mut running: Pin<Box<dyn Future<Output = ActionResult> + Send>> = Box::pin(run_action(
         action,
         job.carbonio.clone(),
+        job.commands.clone(),
         job.mail_host.clone(),
         env,
     ));
@@ -370,11 +375,20 @@ fn source_hosts(action: &Action) -> Option<&[String]> {
 async fn run_action(
     action: Action,
     carbonio: Option<Carbonio>,
+    commands: Vec<NamedCommand>,
     mail_host: Option<String>,
     env: Vec<(String, String)>,
 ) -> ActionResult {
     let mut out = Output::default();
-    let result = run_steps(&action, carbonio.as_ref(), mail_host, &env, &mut out).await;
+    let result = run_steps(
+        &action,
+        carbonio.as_ref(),
+        &commands,
+        mail_host,
+        &env,
+        &mut out,
+    )
+    .await;
     match result {
         Ok(()) => ActionResult {
             exit_code: Some(0),
@@ -428,12 +442,30 @@ fn failed(what: &str, outcome: &HookOutcome) -> StepError {
 async fn run_steps(
     action: &Action,
     carbonio: Option<&Carbonio>,
+    commands: &[NamedCommand],
     mail_host: Option<String>,
     env: &[(String, String)],
     out: &mut Output,
 ) -> Result<(), StepError> {
-    if let Action::Command { argv, timeout_ms } = action {
-        let outcome = step(argv, Duration::from_millis(*timeout_ms), env, out).await?;
+    if let Action::Command { command } = action {
+        // Only what this agent's own file names is ever run for a policy.
+        let Some(defined) = commands.iter().find(|c| &c.name == command) else {
+            let known: Vec<&str> = commands.iter().map(|c| c.name.as_str()).collect();
+            return Err((
+                None,
+                format!(
+                    "refused: this agent's file defines no [[command]] named {command:?} (it \
+                     defines {}); nothing was run. Define it in the agent file of every agent \
+                     that may run it, or remove it from the policy",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        };
+        let outcome = step(&defined.argv, defined.timeout, env, out).await?;
         return if outcome.success() {
             Ok(())
         } else {
@@ -623,22 +655,18 @@ mod tests {
         assert_eq!(clip("aé", 2), "a");
     }
 
-    /// An operator command gets the epoch, the directive id and its action
-    /// in its environment, and its exit code decides the result.
+    /// An operator command runs the agent file's `[[command]]` of its name,
+    /// with the epoch, the directive id and its action in its environment;
+    /// its exit code decides the result.
     #[tokio::test]
-    async fn command_action_gets_its_environment() {
+    async fn command_action_runs_the_agents_own_command() {
         let me = Identity {
             name: "mbox2".into(),
             site: "dc-b".into(),
             role: "mailstore".into(),
         };
         let action = Action::Command {
-            argv: vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                "echo $WITNESS_DIRECTIVE_ID $WITNESS_EPOCH $WITNESS_AGENT; exit 3".into(),
-            ],
-            timeout_ms: 5_000,
+            command: "notify".into(),
         };
         let info = DirectiveInfo {
             epoch: 7,
@@ -646,18 +674,62 @@ mod tests {
             action_json: serde_json::to_string(&action).expect("json"),
             ..DirectiveInfo::default()
         };
+        let commands = vec![NamedCommand {
+            name: "notify".into(),
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo $WITNESS_DIRECTIVE_ID $WITNESS_EPOCH $WITNESS_AGENT; exit 3".into(),
+            ],
+            timeout: Duration::from_secs(5),
+        }];
         let env = directive_env(&me, &info, &action);
-        let r = run_action(action, None, None, env).await;
+        let r = run_action(action, None, commands, None, env).await;
         assert_eq!(r.exit_code, Some(3));
         assert_eq!(r.output.trim(), "7/notify 7 mbox2");
         assert!(r.error.contains("exited with status 3"), "{}", r.error);
+    }
+
+    /// A command the agent's file does not define is refused with the
+    /// reason, and nothing runs — also for an entry written before commands
+    /// were named (an argv, no name).
+    #[tokio::test]
+    async fn an_undefined_command_is_refused_and_nothing_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("ran");
+        let commands = vec![NamedCommand {
+            name: "notify".into(),
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("touch {}", marker.display()),
+            ],
+            timeout: Duration::from_secs(5),
+        }];
+        let old: Action = serde_json::from_str(
+            r#"{"kind":"command","argv":["/bin/sh","-c","id"],"timeout_ms":1000}"#,
+        )
+        .expect("an old entry still reads");
+        for action in [
+            Action::Command {
+                command: "wipe-disks".into(),
+            },
+            old,
+        ] {
+            let r = run_action(action, None, commands.clone(), None, Vec::new()).await;
+            assert_eq!(r.exit_code, None);
+            assert!(r.error.starts_with("refused:"), "{}", r.error);
+            assert!(r.error.contains("defines notify"), "{}", r.error);
+            assert!(r.output.is_empty());
+        }
+        assert!(!marker.exists(), "nothing ran");
     }
 
     /// A built-in action on an agent without Carbonio settings fails with
     /// a reason, running nothing.
     #[tokio::test]
     async fn builtin_action_needs_carbonio() {
-        let r = run_action(Action::StopHaModule, None, None, Vec::new()).await;
+        let r = run_action(Action::StopHaModule, None, Vec::new(), None, Vec::new()).await;
         assert_eq!(r.exit_code, None);
         assert!(r.error.contains("mailstore"), "{}", r.error);
     }

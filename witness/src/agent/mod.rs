@@ -71,5 +71,5 @@ pub mod watchdog;
 
 pub use config::{
     AgentConfig, AgentSection, CarbonioFlavor, CarbonioSection, HookCommand, HooksSection,
-    WatchdogMode, WatchdogSection,
+    NamedCommand, WatchdogMode, WatchdogSection,
 };

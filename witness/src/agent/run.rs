@@ -791,6 +791,7 @@ impl Agent {
             info: info.clone(),
             witnesses: self.witnesses.clone(),
             carbonio: self.carbonio.clone(),
+            commands: self.config.commands.clone(),
             mail_host: self
                 .config
                 .carbonio

@@ -76,23 +76,30 @@ impl Default for DirectivesPolicy {
     }
 }
 
-/// `[[directives.command]]`: an operator's own one-time action of an epoch.
+/// `[[directives.command]]`: an operator's own one-time action of an
+/// epoch, by name. The policy never carries a command line (DESIGN.md §8):
+/// each agent of `role` on the new site runs the `[[command]]` of the same
+/// name from its own file, and an agent that defines none refuses it
+/// without running anything. So whoever controls the witnesses cannot run
+/// a program on a mail node that its own file does not name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandDirective {
-    /// Unique among the directives of an epoch.
+    /// Unique among the directives of an epoch; the name of the agents'
+    /// `[[command]]` to run.
     pub name: String,
     /// The role of the new site's agents that run it.
     pub role: String,
-    /// The command, as an argv array (never a shell string).
-    pub argv: Vec<String>,
-    /// Killed (its whole process group) after this long.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
     /// Run only after these (built-in names `promote`, `flush-cache`,
     /// `restart-replicas`, or other commands' names) are done.
     #[serde(default)]
     pub after: Vec<String>,
+    /// Refused when present: the command line lives in the agents' files.
+    #[serde(default, skip_serializing)]
+    pub argv: Option<Vec<String>>,
+    /// Refused when present: the timeout lives in the agents' files.
+    #[serde(default, skip_serializing, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 impl DirectivesPolicy {
@@ -171,22 +178,20 @@ impl DirectivesPolicy {
                     "name the role of the agents that run it, e.g. \"mailstore\"",
                 ));
             }
-            if c.argv.is_empty() || c.argv[0].is_empty() {
+            if c.argv.is_some() || c.timeout.is_some() {
                 problems.push(Problem::new(
                     format!("{key}.argv"),
-                    format!("{key}.argv is empty"),
-                    "give the command as an argv array, e.g. [\"/usr/local/bin/notify\", \"failover\"]",
-                ));
-            }
-            if c.timeout.is_zero() || c.timeout > MAX_CLAIM_TTL {
-                problems.push(Problem::new(
-                    format!("{key}.timeout"),
                     format!(
-                        "{key}.timeout = {} is outside (0s, {}]",
-                        show(c.timeout),
-                        show(MAX_CLAIM_TTL)
+                        "{key} carries a command line (argv/timeout); the cluster policy never \
+                         does, so that control of the witnesses is never a shell on a mail node"
                     ),
-                    "set a timeout, e.g. \"60s\"",
+                    format!(
+                        "keep name, role and after here, and define the command in the file of \
+                         every {role} agent that may run it: [[command]] name = {name:?}, argv = \
+                         [...], timeout = \"60s\"",
+                        role = c.role,
+                        name = c.name
+                    ),
                 ));
             }
             for dep in &c.after {

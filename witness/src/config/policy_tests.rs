@@ -814,9 +814,9 @@ fn directives_validation_names_the_offending_key() {
     let command = |name: &str, after: &[&str]| CommandDirective {
         name: name.into(),
         role: "mailstore".into(),
-        argv: vec!["/usr/local/bin/notify".into()],
-        timeout: Duration::from_secs(60),
         after: after.iter().map(|s| s.to_string()).collect(),
+        argv: None,
+        timeout: None,
     };
     let cases: &[(&str, Edit, &str)] = &[
         (
@@ -877,9 +877,17 @@ fn directives_validation_names_the_offending_key() {
             "directives.command[0].after",
         ),
         (
-            "empty argv",
+            "a command line in the policy",
             vec![CommandDirective {
-                argv: vec![],
+                argv: Some(vec!["/bin/sh".into(), "-c".into(), "id".into()]),
+                ..command("notify", &[])
+            }],
+            "directives.command[0].argv",
+        ),
+        (
+            "a timeout in the policy",
+            vec![CommandDirective {
+                timeout: Some(Duration::from_secs(60)),
                 ..command("notify", &[])
             }],
             "directives.command[0].argv",

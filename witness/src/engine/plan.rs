@@ -134,8 +134,7 @@ pub fn plan(policy: &Policy, from: Option<&str>, to: &str, accept_data_loss: boo
             &c.name,
             to,
             Action::Command {
-                argv: c.argv.clone(),
-                timeout_ms: c.timeout.as_millis() as u64,
+                command: c.name.clone(),
             },
             &after,
         );
@@ -227,9 +226,9 @@ mod tests {
         p.directives.commands.push(CommandDirective {
             name: "notify".into(),
             role: "mailstore".into(),
-            argv: vec!["/usr/local/bin/notify".into()],
-            timeout: std::time::Duration::from_secs(10),
             after: vec!["preflight".into(), "flush-cache".into()],
+            argv: None,
+            timeout: None,
         });
         let plan = plan(&p, Some("dc-a"), "dc-b", false);
         assert_eq!(

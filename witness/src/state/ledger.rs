@@ -76,8 +76,14 @@ pub enum Action {
     ReplicaPreflight { source_mail_hosts: Vec<String> },
     /// Stop the HA module on the site that lost (best effort).
     StopHaModule,
-    /// An operator-defined command.
-    Command { argv: Vec<String>, timeout_ms: u64 },
+    /// An operator-defined command: the agent runs the `[[command]]` of
+    /// this name from its own file, or refuses. (An entry written before
+    /// commands were named carries an argv instead and no name; it is
+    /// read with an empty name, which every agent refuses.)
+    Command {
+        #[serde(default)]
+        command: String,
+    },
 }
 
 impl fmt::Display for Action {
@@ -109,7 +115,7 @@ impl fmt::Display for Action {
                 source_mail_hosts.join(", ")
             ),
             Action::StopHaModule => f.write_str("stop the HA module"),
-            Action::Command { argv, .. } => write!(f, "run {argv:?}"),
+            Action::Command { command } => write!(f, "run the agents' command {command:?}"),
         }
     }
 }

@@ -1,0 +1,526 @@
+//! Trust over the real binaries (DESIGN.md §8, docs/SECURITY.md): who may
+//! call which service of a running cluster, and what a hostile client with
+//! the wrong certificate — or none — gets.
+//!
+//! Every cell of the role × service table is asserted, allowed or refused
+//! with `PERMISSION_DENIED`; connections without a certificate of the
+//! cluster CA, with another CA's or with an expired one never get past the
+//! TLS handshake. Forged Raft messages from the wrong certificates change
+//! nothing, while the same message from the right certificate does reach
+//! Raft (so the refusals are the certificate check's, not a decoding
+//! failure's).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use witness::trust::{Dial, Expect, Principal, TlsFiles, Trust};
+use witness_e2e::*;
+use witness_proto::admin_client::AdminClient;
+use witness_proto::raft_client::RaftClient;
+use witness_proto::witness_client::WitnessClient;
+use witness_proto::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A channel to `addr` presenting `files` (whose certificate must be `expect`).
+async fn channel(files: &TlsFiles, expect: Expect, addr: &str) -> Channel {
+    let trust = Trust::load(files.clone(), expect).expect("the lab certificate loads");
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10));
+    witness::trust::conn::connect(endpoint, Some(trust), Dial::AnyWitness)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
+}
+
+/// What a call came to: allowed, or refused with this code.
+fn outcome<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<(), (Code, String)> {
+    r.map(|_| ())
+        .map_err(|s| (s.code(), s.message().to_string()))
+}
+
+/// The four roles of the table, with their certificates.
+fn holders(c: &Cluster) -> Vec<(&'static str, TlsFiles, Expect)> {
+    let pki = c.pki();
+    vec![
+        (
+            "peer",
+            pki.peer(1),
+            Expect::Peer {
+                cluster: "e2e".into(),
+                id: 1,
+            },
+        ),
+        (
+            "agent",
+            pki.agent("dc-a", "mbox-a"),
+            Expect::Agent {
+                site: "dc-a".into(),
+                name: "mbox-a".into(),
+            },
+        ),
+        ("viewer", pki.viewer(), Expect::Admin),
+        ("operator", pki.operator(), Expect::Admin),
+    ]
+}
+
+/// Every role against every service of a follower: Raft (a `Hello` as
+/// node 1), Witness (`GetVerdict`), Admin reads (`Status`), Admin writes
+/// (`Freeze`, forwarded to the leader), and the HTTP port. Each cell is
+/// asserted: allowed, or refused with `PERMISSION_DENIED` (403 on HTTP)
+/// and a message naming the role.
+#[test]
+fn each_role_reaches_only_its_services() {
+    let sites = Sites::start();
+    let c = Cluster::running(3, "", &sites.policy(""));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let leader = c.wait_for_leader(&[1, 2, 3], SETTLE);
+    let follower = c.nodes.iter().find(|n| n.id != leader).expect("a follower");
+    let addr = follower.addr();
+    let rt = runtime();
+    // role -> (raft, witness, admin read, admin write, http)
+    let table: [(&str, [bool; 5]); 4] = [
+        ("peer", [true, false, false, false, true]),
+        ("agent", [false, true, false, false, false]),
+        ("viewer", [false, false, true, false, true]),
+        ("operator", [false, false, true, true, true]),
+    ];
+    for (role, files, expect) in holders(&c) {
+        let want = table.iter().find(|(r, _)| *r == role).expect("row").1;
+        let ch = rt.block_on(channel(&files, expect, &addr));
+        let raft = rt.block_on(RaftClient::new(ch.clone()).hello(HelloRequest {
+            cluster_name: "e2e".into(),
+            node_id: 1,
+            incarnation: String::new(),
+            addr: String::new(),
+        }));
+        let witness = rt.block_on(
+            WitnessClient::new(ch.clone()).get_verdict(GetVerdictRequest { allow_stale: true }),
+        );
+        let read = rt.block_on(AdminClient::new(ch.clone()).status(StatusRequest { local: true }));
+        let write = rt.block_on(AdminClient::new(ch.clone()).freeze(FreezeRequest {
+            reason: "security test".into(),
+            operator: "mallory".into(),
+            ..FreezeRequest::default()
+        }));
+        let calls = [
+            ("Raft", outcome(raft)),
+            ("Witness", outcome(witness)),
+            ("Admin read", outcome(read)),
+            ("Admin write", outcome(write)),
+        ];
+        for ((service, got), allowed) in calls.into_iter().zip(want) {
+            match (got, allowed) {
+                (Ok(()), true) => {}
+                (Err((Code::PermissionDenied, message)), false) => assert!(
+                    message.contains(role) || message.contains("may only read"),
+                    "{role} on {service}: the refusal names the role: {message}"
+                ),
+                (got, allowed) => {
+                    panic!("{role} on {service}: expected allowed = {allowed}, got {got:?}")
+                }
+            }
+        }
+        if want[3] {
+            let out = c.ctl(&["unfreeze", "--reason", "security test done"]);
+            assert!(out.status.success(), "unfreeze: {}", text(&out));
+        }
+        let http = Pki::https_get(
+            &files,
+            &format!("127.0.0.1:{}", follower.http),
+            "/status.json",
+        )
+        .map(|(code, _)| code);
+        assert_eq!(
+            http,
+            Some(if want[4] { 200 } else { 403 }),
+            "{role} on the HTTP port"
+        );
+    }
+    // The freeze is recorded under the certificate's operator, whatever
+    // the request body claimed.
+    let frozen = c
+        .history()
+        .into_iter()
+        .rev()
+        .find(|r| r.to_string().contains("security test\""))
+        .expect("the freeze in history");
+    let by = frozen.to_string();
+    assert!(
+        by.contains(jepsen::lab::pki::OPERATOR) && !by.contains("mallory"),
+        "{frozen}"
+    );
+}
+
+/// A TLS client with `chain`/`key` (or none) that trusts the cluster CA:
+/// does the witness at `addr` answer an HTTP request over it?
+fn handshake_answers(ca: &Path, client: Option<(&Path, &Path)>, addr: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(cert.expect("ca cert")).expect("root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .expect("cert")
+                    .map(|c| c.expect("cert"))
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).expect("key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(tls, "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    match tls.read_to_end(&mut reply) {
+        Ok(_) if reply.starts_with(b"HTTP/1.") => Ok(()),
+        Ok(_) => Err("no reply".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// No certificate, a certificate of another CA (for the same cluster name),
+/// an expired one, and a plaintext client: none gets an answer from either
+/// port, and `witnessctl` says which of its certificate's problems it is.
+/// The same client with a valid certificate does get one (the control).
+#[test]
+fn clients_without_a_valid_certificate_are_refused_at_the_handshake() {
+    let sites = Sites::start();
+    let c = Cluster::running(3, "", &sites.policy(""));
+    let pki = c.pki();
+    let http = format!("127.0.0.1:{}", c.spec(1).http);
+    let grpc = c.spec(1).addr();
+
+    let viewer = pki.viewer();
+    assert_eq!(
+        handshake_answers(&viewer.ca, Some((&viewer.cert, &viewer.key)), &http),
+        Ok(()),
+        "the control: a valid viewer certificate is answered"
+    );
+    let none = handshake_answers(&viewer.ca, None, &http);
+    assert!(none.is_err(), "no certificate: {none:?}");
+
+    let foreign_dir = tempfile::tempdir().expect("tempdir");
+    let foreign = Pki::new(foreign_dir.path(), "e2e").viewer();
+    let other = handshake_answers(&viewer.ca, Some((&foreign.cert, &foreign.key)), &http);
+    assert!(other.is_err(), "another CA: {other:?}");
+
+    let expired_dir = tempfile::tempdir().expect("tempdir");
+    let now = witness::trust::unix_now();
+    let expired = pki.issue_at(
+        Principal::Viewer {
+            name: "lapsed".into(),
+        },
+        expired_dir.path(),
+        now - 10 * 86_400,
+        1,
+    );
+    let lapsed = handshake_answers(&viewer.ca, Some((&expired.cert, &expired.key)), &http);
+    assert!(lapsed.is_err(), "an expired certificate: {lapsed:?}");
+    let lapsed_grpc = handshake_answers(&viewer.ca, Some((&expired.cert, &expired.key)), &grpc);
+    assert!(
+        lapsed_grpc.is_err(),
+        "an expired certificate: {lapsed_grpc:?}"
+    );
+
+    // witnessctl explains each case before it sends anything.
+    let out = c.ctl_as(&expired, &grpc, &["status"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("xpired"), "{}", text(&out));
+    let mixed = TlsFiles {
+        ca: viewer.ca.clone(),
+        ..foreign.clone()
+    };
+    let out = c.ctl_as(&mixed, &grpc, &["status"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("not usable with tls.ca"),
+        "{}",
+        text(&out)
+    );
+    // A client that trusts the foreign CA reaches the witness but is
+    // refused at the handshake (and refuses the witness's certificate).
+    let out = c.ctl_as(&foreign, &grpc, &["status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("TLS handshake"), "{}", text(&out));
+    // Plaintext against a TLS cluster.
+    let out = std::process::Command::new(witnessctl_bin())
+        .args([
+            "--endpoints",
+            &grpc,
+            "--insecure",
+            "--timeout",
+            "3s",
+            "status",
+        ])
+        .env_remove("WITNESS_CA")
+        .env_remove("WITNESS_CERT")
+        .env_remove("WITNESS_KEY")
+        .output()
+        .expect("run witnessctl");
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    // And without any certificate or --insecure, witnessctl says what to do.
+    let out = std::process::Command::new(witnessctl_bin())
+        .args(["--endpoints", &grpc, "status"])
+        .env_remove("WITNESS_CA")
+        .env_remove("WITNESS_CERT")
+        .env_remove("WITNESS_KEY")
+        .env_remove("WITNESS_INSECURE")
+        .output()
+        .expect("run witnessctl");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("witness certs"), "{}", text(&out));
+}
+
+/// The Raft envelope of a message from `from` to `to`, as the cluster's
+/// status names their incarnations.
+fn envelope(status: &Value, from: u64, to: u64, payload: Vec<u8>) -> RaftRequest {
+    let incarnation = |id: u64| {
+        status["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["id"] == id))
+            .and_then(|m| m["incarnation"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    RaftRequest {
+        cluster_id: status["cluster_id"].as_str().unwrap_or_default().into(),
+        from_id: from,
+        from_incarnation: incarnation(from),
+        to_id: to,
+        to_incarnation: incarnation(to),
+        payload,
+    }
+}
+
+/// Forged `AppendEntries`, `Vote` and `Propose` from an operator's and an
+/// agent's certificate, and from a peer certificate that claims another
+/// node's id, are refused before Raft decodes them: the verdict and the
+/// history stay as they were. The same `Vote` from node 1's own
+/// certificate reaches Raft and is answered by it.
+#[test]
+fn forged_raft_messages_never_reach_the_state_machine() {
+    let sites = Sites::start();
+    let c = Cluster::running(3, "", &sites.policy(""));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let status = c.status().expect("status");
+    let history_before = c.history().len();
+    let rt = runtime();
+    let pki = c.pki();
+    // A stale vote (term 0) for node 1: harmless, but a real Raft message.
+    let vote = serde_json::to_vec(&json!({
+        "vote": {"leader_id": {"term": 0, "node_id": 1}, "committed": false},
+        "last_log_id": null
+    }))
+    .expect("vote json");
+    // An AppendEntries from "node 1" at a huge term with an empty batch.
+    let append = serde_json::to_vec(&json!({
+        "vote": {"leader_id": {"term": 1_000_000, "node_id": 1}, "committed": true},
+        "prev_log_id": null, "entries": [], "leader_commit": null
+    }))
+    .expect("append json");
+    let target = c.spec(2).addr();
+    let forgers: Vec<(&str, TlsFiles, Expect)> = vec![
+        ("operator", pki.operator(), Expect::Admin),
+        (
+            "agent",
+            pki.agent("dc-a", "mbox-a"),
+            Expect::Agent {
+                site: "dc-a".into(),
+                name: "mbox-a".into(),
+            },
+        ),
+        (
+            "peer 3 as node 1",
+            pki.peer(3),
+            Expect::Peer {
+                cluster: "e2e".into(),
+                id: 3,
+            },
+        ),
+    ];
+    for (who, files, expect) in forgers {
+        let mut raft = RaftClient::new(rt.block_on(channel(&files, expect, &target)));
+        for (rpc, result) in [
+            (
+                "AppendEntries",
+                rt.block_on(raft.append_entries(envelope(&status, 1, 2, append.clone()))),
+            ),
+            (
+                "Vote",
+                rt.block_on(raft.vote(envelope(&status, 1, 2, vote.clone()))),
+            ),
+            (
+                "Propose",
+                rt.block_on(raft.propose(envelope(&status, 1, 2, b"{}".to_vec()))),
+            ),
+        ] {
+            let code = result.as_ref().map_err(|s| s.code()).err();
+            assert_eq!(
+                code,
+                Some(Code::PermissionDenied),
+                "{who} sending {rpc}: {result:?}"
+            );
+        }
+    }
+    // The control: node 1's own certificate gets its vote to Raft, which
+    // answers (with a vote response or Raft's own refusal — not a denial).
+    let own = pki.peer(1);
+    let mut raft = RaftClient::new(rt.block_on(channel(
+        &own,
+        Expect::Peer {
+            cluster: "e2e".into(),
+            id: 1,
+        },
+        &target,
+    )));
+    let reply = rt
+        .block_on(raft.vote(envelope(&status, 1, 2, vote)))
+        .expect("node 1's own vote is answered")
+        .into_inner();
+    match reply.result {
+        Some(raft_reply::Result::Payload(_)) => {}
+        other => panic!("Raft did not answer node 1's vote: {other:?}"),
+    }
+
+    let after = c.status().expect("status");
+    assert_eq!(after["active_site"], status["active_site"]);
+    assert_eq!(after["epoch"], status["epoch"]);
+    assert_eq!(c.history().len(), history_before, "no decision was added");
+}
+
+/// An agent's certificate decides who it is: renewing as another site or
+/// another agent is refused (and changes no table), renewing as itself is
+/// answered.
+#[test]
+fn an_agent_certificate_renews_only_as_its_own_agent_and_site() {
+    let sites = Sites::start();
+    let c = Cluster::running(3, "", &sites.policy(""));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let rt = runtime();
+    let files = c.pki().agent("dc-a", "mbox-a");
+    let expect = Expect::Agent {
+        site: "dc-a".into(),
+        name: "mbox-a".into(),
+    };
+    let mut client = WitnessClient::new(rt.block_on(channel(&files, expect, &c.spec(1).addr())));
+    let renew = |agent: &str, site: &str| RenewLeaseRequest {
+        agent: agent.into(),
+        site: site.into(),
+        role: "mailstore".into(),
+        epoch: 1,
+        nonce: 1,
+        state: "serving".into(),
+        service_healthy: true,
+        ..RenewLeaseRequest::default()
+    };
+    for (agent, site) in [("mbox-a", "dc-b"), ("mbox-b", "dc-a"), ("mbox-b", "dc-b")] {
+        let got = rt.block_on(client.renew_lease(renew(agent, site)));
+        let status = got.expect_err("impersonation is refused");
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{agent}@{site}: {status:?}"
+        );
+        assert!(
+            status.message().contains("agent dc-a/mbox-a"),
+            "{}",
+            status.message()
+        );
+    }
+    // Itself, explicitly and with the fields left for the certificate.
+    for (agent, site) in [("mbox-a", "dc-a"), ("", "")] {
+        let reply = rt
+            .block_on(client.renew_lease(renew(agent, site)))
+            .expect("its own renewal is answered")
+            .into_inner();
+        assert!(reply.granted, "{reply:?}");
+    }
+    let status = c.status().expect("status");
+    let agents: Vec<String> = status["agents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|a| format!("{}@{}", a["agent"], a["site"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(agents, vec!["\"mbox-a\"@\"dc-a\"".to_string()], "{status}");
+}
+
+/// A witness picks up a certificate rewritten on disk without a restart:
+/// within a few reload polls it presents the new one, and the cluster keeps
+/// working over it.
+#[test]
+fn a_certificate_rotated_on_disk_is_used_without_a_restart() {
+    let sites = Sites::start();
+    let c = Cluster::running(3, "", &sites.policy(""));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let pki = c.pki();
+    let rt = runtime();
+    let viewer = Trust::load(pki.viewer(), Expect::Admin).expect("viewer");
+    let addr = c.spec(1).addr();
+    let serial = || {
+        let tls = rt
+            .block_on(witness::trust::conn::connect_stream(
+                &viewer,
+                &addr,
+                &[b"h2"],
+            ))
+            .expect("handshake");
+        let cert = tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone();
+        witness::trust::pki::cert_info(&cert)
+            .expect("readable")
+            .serial
+    };
+    let before = serial();
+    let files = pki.peer(1);
+    let dir = files.cert.parent().expect("dir").to_path_buf();
+    pki.issue_at(
+        Principal::Peer { id: 1 },
+        &dir,
+        witness::trust::unix_now(),
+        30,
+    );
+    let after = wait_until(
+        witness::trust::RELOAD_POLL * 4,
+        "node 1 to present its new certificate",
+        || {
+            let now = serial();
+            (now != before).then_some(now)
+        },
+    );
+    assert_ne!(after, before);
+    assert!(
+        c.log(1).contains("TLS certificates reloaded"),
+        "the reload is logged"
+    );
+    let out = c.ctl(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
