@@ -524,3 +524,369 @@ fn a_certificate_rotated_on_disk_is_used_without_a_restart() {
     let out = c.ctl(&["status"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// Every string field of every request at its limit + 1 is refused with
+/// `INVALID_ARGUMENT` naming the field and the limit, and changes nothing:
+/// no agent row, no history record. Unknown sites are refused before any
+/// table; a burst of leadership transfers is cut off per caller.
+#[test]
+fn every_request_field_is_bounded() {
+    let sites = Sites::start();
+    let c = Cluster::running(3, "", &sites.policy(""));
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let history_before = c.history().len();
+    let rt = runtime();
+    let pki = c.pki();
+    let addr = c.spec(1).addr();
+    let agent_ch = rt.block_on(channel(
+        &pki.agent("dc-a", "mbox-a"),
+        Expect::Agent {
+            site: "dc-a".into(),
+            name: "mbox-a".into(),
+        },
+        &addr,
+    ));
+    let operator_ch = rt.block_on(channel(&pki.operator(), Expect::Admin, &addr));
+    let long = |n: usize| "a".repeat(n + 1);
+    let name = long(63);
+    let reason = long(1024);
+
+    let mut witness = WitnessClient::new(agent_ch);
+    let renew = RenewLeaseRequest {
+        agent: "mbox-a".into(),
+        site: "dc-a".into(),
+        role: "mailstore".into(),
+        epoch: 1,
+        nonce: 1,
+        state: "serving".into(),
+        ..RenewLeaseRequest::default()
+    };
+    let claim = ClaimDirectiveRequest {
+        agent: "mbox-a".into(),
+        site: "dc-a".into(),
+        role: "mailstore".into(),
+        epoch: 1,
+        name: "promote".into(),
+    };
+    let report = ReportDirectiveRequest {
+        agent: "mbox-a".into(),
+        epoch: 1,
+        name: "promote".into(),
+        generation: 1,
+        ..ReportDirectiveRequest::default()
+    };
+    let witness_cases: Vec<(&str, Result<(), tonic::Status>)> = vec![
+        ("RenewLease.agent", {
+            let r = RenewLeaseRequest {
+                agent: name.clone(),
+                ..renew.clone()
+            };
+            rt.block_on(witness.renew_lease(r)).map(|_| ())
+        }),
+        ("RenewLease.site", {
+            let r = RenewLeaseRequest {
+                site: name.clone(),
+                ..renew.clone()
+            };
+            rt.block_on(witness.renew_lease(r)).map(|_| ())
+        }),
+        ("RenewLease.role", {
+            let r = RenewLeaseRequest {
+                role: name.clone(),
+                ..renew.clone()
+            };
+            rt.block_on(witness.renew_lease(r)).map(|_| ())
+        }),
+        ("RenewLease.state", {
+            let r = RenewLeaseRequest {
+                state: long(32),
+                ..renew.clone()
+            };
+            rt.block_on(witness.renew_lease(r)).map(|_| ())
+        }),
+        ("ClaimDirective.agent", {
+            let r = ClaimDirectiveRequest {
+                agent: name.clone(),
+                ..claim.clone()
+            };
+            rt.block_on(witness.claim_directive(r)).map(|_| ())
+        }),
+        ("ClaimDirective.site", {
+            let r = ClaimDirectiveRequest {
+                site: name.clone(),
+                ..claim.clone()
+            };
+            rt.block_on(witness.claim_directive(r)).map(|_| ())
+        }),
+        ("ClaimDirective.role", {
+            let r = ClaimDirectiveRequest {
+                role: name.clone(),
+                ..claim.clone()
+            };
+            rt.block_on(witness.claim_directive(r)).map(|_| ())
+        }),
+        ("ClaimDirective.name", {
+            let r = ClaimDirectiveRequest {
+                name: name.clone(),
+                ..claim.clone()
+            };
+            rt.block_on(witness.claim_directive(r)).map(|_| ())
+        }),
+        ("RenewClaim.agent", {
+            let r = RenewClaimRequest {
+                agent: name.clone(),
+                epoch: 1,
+                name: "promote".into(),
+                generation: 1,
+            };
+            rt.block_on(witness.renew_claim(r)).map(|_| ())
+        }),
+        ("RenewClaim.name", {
+            let r = RenewClaimRequest {
+                agent: "mbox-a".into(),
+                epoch: 1,
+                name: name.clone(),
+                generation: 1,
+            };
+            rt.block_on(witness.renew_claim(r)).map(|_| ())
+        }),
+        ("ReportDirective.agent", {
+            let r = ReportDirectiveRequest {
+                agent: name.clone(),
+                ..report.clone()
+            };
+            rt.block_on(witness.report_directive(r)).map(|_| ())
+        }),
+        ("ReportDirective.name", {
+            let r = ReportDirectiveRequest {
+                name: name.clone(),
+                ..report.clone()
+            };
+            rt.block_on(witness.report_directive(r)).map(|_| ())
+        }),
+        ("ReportDirective.error", {
+            let r = ReportDirectiveRequest {
+                error: reason.clone(),
+                ..report.clone()
+            };
+            rt.block_on(witness.report_directive(r)).map(|_| ())
+        }),
+        ("ReportDirective.output_tail", {
+            let r = ReportDirectiveRequest {
+                output_tail: long(64 * 1024),
+                ..report.clone()
+            };
+            rt.block_on(witness.report_directive(r)).map(|_| ())
+        }),
+    ];
+
+    let mut admin = AdminClient::new(operator_ch);
+    let policy = std::fs::read_to_string(c.policy_path()).expect("policy");
+    let admin_cases: Vec<(&str, Result<(), tonic::Status>)> = vec![
+        ("Freeze.reason", {
+            let r = FreezeRequest {
+                reason: reason.clone(),
+                ..FreezeRequest::default()
+            };
+            rt.block_on(admin.freeze(r)).map(|_| ())
+        }),
+        ("Freeze.operator", {
+            let r = FreezeRequest {
+                reason: "ok".into(),
+                operator: name.clone(),
+                ..FreezeRequest::default()
+            };
+            rt.block_on(admin.freeze(r)).map(|_| ())
+        }),
+        ("Unfreeze.reason", {
+            let r = UnfreezeRequest {
+                reason: reason.clone(),
+                ..UnfreezeRequest::default()
+            };
+            rt.block_on(admin.unfreeze(r)).map(|_| ())
+        }),
+        ("Unfreeze.operator", {
+            let r = UnfreezeRequest {
+                reason: "ok".into(),
+                operator: name.clone(),
+            };
+            rt.block_on(admin.unfreeze(r)).map(|_| ())
+        }),
+        ("Failover.to", {
+            let r = FailoverRequest {
+                to: name.clone(),
+                reason: "ok".into(),
+                ..FailoverRequest::default()
+            };
+            rt.block_on(admin.failover(r)).map(|_| ())
+        }),
+        ("Failover.reason", {
+            let r = FailoverRequest {
+                to: "dc-b".into(),
+                reason: reason.clone(),
+                ..FailoverRequest::default()
+            };
+            rt.block_on(admin.failover(r)).map(|_| ())
+        }),
+        ("Failover.operator", {
+            let r = FailoverRequest {
+                to: "dc-b".into(),
+                reason: "ok".into(),
+                operator: name.clone(),
+                ..FailoverRequest::default()
+            };
+            rt.block_on(admin.failover(r)).map(|_| ())
+        }),
+        ("PolicyApply.toml", {
+            let r = PolicyApplyRequest {
+                toml: long(1024 * 1024),
+                reason: "ok".into(),
+                ..PolicyApplyRequest::default()
+            };
+            rt.block_on(admin.policy_apply(r)).map(|_| ())
+        }),
+        ("PolicyApply.reason", {
+            let r = PolicyApplyRequest {
+                toml: policy.clone(),
+                reason: reason.clone(),
+                ..PolicyApplyRequest::default()
+            };
+            rt.block_on(admin.policy_apply(r)).map(|_| ())
+        }),
+        ("PolicyApply.operator", {
+            let r = PolicyApplyRequest {
+                toml: policy.clone(),
+                reason: "ok".into(),
+                operator: name.clone(),
+                ..PolicyApplyRequest::default()
+            };
+            rt.block_on(admin.policy_apply(r)).map(|_| ())
+        }),
+        ("RetryDirective.id", {
+            let r = RetryDirectiveRequest {
+                id: long(84),
+                reason: "ok".into(),
+                ..RetryDirectiveRequest::default()
+            };
+            rt.block_on(admin.retry_directive(r)).map(|_| ())
+        }),
+        ("RetryDirective.reason", {
+            let r = RetryDirectiveRequest {
+                id: "1/promote".into(),
+                reason: reason.clone(),
+                ..RetryDirectiveRequest::default()
+            };
+            rt.block_on(admin.retry_directive(r)).map(|_| ())
+        }),
+        ("RetryDirective.operator", {
+            let r = RetryDirectiveRequest {
+                id: "1/promote".into(),
+                reason: "ok".into(),
+                operator: name.clone(),
+            };
+            rt.block_on(admin.retry_directive(r)).map(|_| ())
+        }),
+        ("AddMember.name", {
+            let r = AddMemberRequest {
+                id: 9,
+                name: name.clone(),
+                addr: "127.0.0.1:1".into(),
+                site: "dc-c".into(),
+                learner_only: true,
+            };
+            rt.block_on(admin.add_member(r)).map(|_| ())
+        }),
+        ("AddMember.site", {
+            let r = AddMemberRequest {
+                id: 9,
+                name: "w9".into(),
+                addr: "127.0.0.1:1".into(),
+                site: name.clone(),
+                learner_only: true,
+            };
+            rt.block_on(admin.add_member(r)).map(|_| ())
+        }),
+        ("AddMember.addr", {
+            let r = AddMemberRequest {
+                id: 9,
+                name: "w9".into(),
+                addr: format!("{}:1", long(258)),
+                site: "dc-c".into(),
+                learner_only: true,
+            };
+            rt.block_on(admin.add_member(r)).map(|_| ())
+        }),
+    ];
+    for (field, result) in witness_cases.into_iter().chain(admin_cases) {
+        let status = result.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        let short = field.rsplit('.').next().unwrap_or(field);
+        assert!(
+            status.message().contains(short) && status.message().contains("limit"),
+            "{field}: the refusal names the field and the limit: {}",
+            status.message()
+        );
+        assert!(
+            status.message().len() < 512,
+            "{field}: the refusal does not echo the input"
+        );
+    }
+
+    // An agent of a site the policy does not know never reaches the table.
+    let stranger = rt.block_on(channel(
+        &pki.agent("dc-x", "ghost"),
+        Expect::Agent {
+            site: "dc-x".into(),
+            name: "ghost".into(),
+        },
+        &addr,
+    ));
+    let got = rt.block_on(WitnessClient::new(stranger).renew_lease(RenewLeaseRequest {
+        role: "mailstore".into(),
+        epoch: 1,
+        nonce: 1,
+        state: "serving".into(),
+        ..RenewLeaseRequest::default()
+    }));
+    let status = got.expect_err("an unknown site is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("not a site of the cluster policy"),
+        "{status:?}"
+    );
+
+    assert_eq!(c.history().len(), history_before, "nothing was recorded");
+
+    // Leadership transfers: a burst, then refused for this caller.
+    let leader = c.wait_for_leader(&[1, 2, 3], SETTLE);
+    let other = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("another");
+    let mut refused = None;
+    for _ in 0..5 {
+        let got = rt.block_on(admin.transfer_leader(TransferLeaderRequest { to: other }));
+        if let Err(status) = got
+            && status.code() == Code::ResourceExhausted
+        {
+            refused = Some(status);
+            break;
+        }
+    }
+    let status = refused.expect("a burst of transfers is cut off");
+    assert!(
+        status.message().contains("leadership transfers"),
+        "{status:?}"
+    );
+
+    let status = c.status().expect("status");
+    let agents = status["agents"].as_array().cloned().unwrap_or_default();
+    assert!(
+        agents
+            .iter()
+            .all(|a| a["agent"] != "ghost" && a["agent"].as_str().is_some_and(|n| n.len() <= 63)),
+        "{agents:?}"
+    );
+}

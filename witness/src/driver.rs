@@ -269,11 +269,21 @@ impl Node {
     }
 
     /// Remember what an agent said in a renewal (evidence, agent veto).
-    pub fn record_agent(&self, report: AgentReport) {
+    /// Refused (with why) when the table already holds
+    /// [`MAX_AGENTS`](crate::server::limits::MAX_AGENTS) other agents.
+    pub fn record_agent(&self, report: AgentReport) -> Result<(), String> {
         let now = self.now();
         let mut soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
         soft.agents
             .retain(|_, a| now.saturating_sub(a.heard_at) < AGENT_FORGET_AFTER);
+        let max = crate::server::limits::MAX_AGENTS;
+        if soft.agents.len() >= max && !soft.agents.contains_key(&report.agent) {
+            return Err(format!(
+                "the leader already tracks {max} agents, the limit; {} is refused until one of \
+                 them has been silent for {AGENT_FORGET_AFTER:?}",
+                report.agent
+            ));
+        }
         soft.agents.insert(
             report.agent.clone(),
             AgentSeen {
@@ -281,6 +291,7 @@ impl Node {
                 heard_at: now,
             },
         );
+        Ok(())
     }
 
     /// Propose through the leader: locally when leading, else over the Raft

@@ -249,6 +249,8 @@ pub struct Node {
     prober: std::sync::Mutex<Option<crate::probe::Prober>>,
     /// Events counted for `/metrics` between scrapes.
     pub counters: crate::server::metrics::Counters,
+    /// Admin writes and leadership transfers per caller.
+    pub admin_limits: crate::server::limits::AdminLimits,
 }
 
 /// Errors of operator-facing node operations, mapped to gRPC codes by the
@@ -376,6 +378,7 @@ impl Node {
             }),
             prober: std::sync::Mutex::new(None),
             counters: Default::default(),
+            admin_limits: Default::default(),
         });
         node.refresh_members();
         tokio::spawn(watch_membership(node.clone()));

@@ -43,6 +43,10 @@ impl Ctl {
         argv.extend(args.iter().map(OsString::from));
         let mut cmd = crate::netns::exec(&self.ops_ns, &argv);
         cmd.env_remove("WITNESS_ENDPOINTS");
+        cmd.env_remove("WITNESS_INSECURE");
+        // The lab's operator certificate (of the namespace labs' cluster).
+        let pki = crate::lab::pki::Pki::shared(crate::lab::netcluster::CLUSTER);
+        cmd.envs(crate::lab::pki::Pki::ctl_env(&pki.operator()));
         match crate::cmd::run_unchecked(cmd, None, CTL_BOUND) {
             Ok(done) => (
                 done.output.status.code(),

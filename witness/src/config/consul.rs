@@ -223,6 +223,17 @@ pub struct ConsulAgentSection {
     /// `?dc=`; default: the agent's own datacenter (`dc1` in Carbonio).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datacenter: Option<String>,
+    /// With `scheme = "https"`: the CA that issued the agent's HTTPS
+    /// certificate (PEM). Without it the system's trust store is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// With `scheme = "https"` and an agent that demands client
+    /// certificates (`verify_incoming`): this witness's certificate (PEM)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// …and its key (PEM), readable by the witness user only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for ConsulAgentSection {
@@ -234,6 +245,9 @@ impl Default for ConsulAgentSection {
             token_file: None,
             timeout: defaults::CONSUL_TIMEOUT,
             datacenter: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -275,6 +289,27 @@ impl ConsulAgentSection {
                 ));
             }
         }
+        let tls_files = [
+            ("consul.ca_file", &self.ca_file),
+            ("consul.cert_file", &self.cert_file),
+            ("consul.key_file", &self.key_file),
+        ];
+        for (key, path) in tls_files {
+            if path.is_some() && self.scheme != ConsulScheme::Https {
+                problems.push(Problem::new(
+                    key,
+                    format!("{key} is set but consul.scheme is not \"https\""),
+                    "set scheme = \"https\" for a TLS agent, or remove the TLS files",
+                ));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            problems.push(Problem::new(
+                "consul.cert_file",
+                "consul.cert_file and consul.key_file go together",
+                "set both (a client certificate and its key) or neither",
+            ));
+        }
         if let Some(dc) = &self.datacenter
             && let Err(why) = check::name(dc)
         {
@@ -292,13 +327,92 @@ impl ConsulAgentSection {
             None => None,
             Some(path) => Some(read_token(path)?),
         };
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                path: None,
+                problems: vec![Problem::new(
+                    key,
+                    format!("cannot read {}: {e}", path.display()),
+                    "point it at a readable PEM file",
+                )],
+            })
+        };
+        let ca_pem = match &self.ca_file {
+            Some(path) => Some(read("consul.ca_file", path)?),
+            None => None,
+        };
+        let identity_pem = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                key_private(key)?;
+                let mut pem = read("consul.cert_file", cert)?;
+                pem.push(b'\n');
+                pem.extend(read("consul.key_file", key)?);
+                Some(pem)
+            }
+            _ => None,
+        };
+        let tls = (ca_pem.is_some() || identity_pem.is_some()).then(|| ConsulTls {
+            ca_pem,
+            identity_pem,
+        });
         Ok(ConsulAgentConfig {
             address: self.address.clone(),
             scheme: self.scheme,
             token,
             timeout: self.timeout,
             datacenter: self.datacenter.clone(),
+            tls,
         })
+    }
+}
+
+/// A secret file readable by other users is refused, with the fix.
+#[cfg(unix)]
+fn key_private(path: &std::path::Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        // Reading it will say what is wrong.
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(ConfigError::Invalid {
+            path: None,
+            problems: vec![Problem::new(
+                "consul",
+                format!(
+                    "{} has mode {mode:04o}: other users can read this secret",
+                    path.display()
+                ),
+                format!(
+                    "run `chmod 600 {}` (or 640 with the witness group owning it)",
+                    path.display()
+                ),
+            )],
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn key_private(_path: &std::path::Path) -> Result<(), ConfigError> {
+    Ok(())
+}
+
+/// TLS to the local Consul agent: its CA, and this witness's client
+/// certificate and key (PEM, concatenated), as read at start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConsulTls {
+    pub ca_pem: Option<Vec<u8>>,
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for ConsulTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.identity_pem.is_some())
+            .finish()
     }
 }
 
@@ -314,6 +428,7 @@ fn read_token(path: &std::path::Path) -> Result<ConsulToken, ConfigError> {
              remove token_file to use the agent's default token",
         )
     })?;
+    key_private(path)?;
     // Bound the read: a token is a UUID; a huge file is a wrong path.
     if meta.len() > defaults::MAX_CONSUL_TOKEN_LEN as u64 + 2 {
         return Err(problem(
@@ -384,6 +499,8 @@ pub struct ConsulAgentConfig {
     /// Deadline of one call.
     pub timeout: Duration,
     pub datacenter: Option<String>,
+    /// With `https`: the agent's CA and this witness's client certificate.
+    pub tls: Option<ConsulTls>,
 }
 
 impl ConsulAgentConfig {
@@ -395,6 +512,7 @@ impl ConsulAgentConfig {
             token: None,
             timeout: defaults::CONSUL_TIMEOUT,
             datacenter: None,
+            tls: None,
         }
     }
 

@@ -47,7 +47,8 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use consul::{
-    ConsulAgentConfig, ConsulAgentSection, ConsulMode, ConsulPolicy, ConsulScheme, ConsulToken,
+    ConsulAgentConfig, ConsulAgentSection, ConsulMode, ConsulPolicy, ConsulScheme, ConsulTls,
+    ConsulToken,
 };
 pub use directives::{CommandDirective, DirectivesPolicy};
 pub use error::{ConfigError, Problem};

@@ -764,14 +764,25 @@ fn consul_token_is_read_from_its_file() {
         "{err}"
     );
 
-    std::fs::write(&token_path, "\n").expect("write");
+    let write_secret = |text: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&token_path, text).expect("write");
+        std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+    };
+    write_secret("\n", 0o600);
     let err = config.consul_agent().expect_err("empty file");
     assert!(err.to_string().contains("is empty"), "{err}");
 
-    std::fs::write(&token_path, "two words\n").expect("write");
+    write_secret("two words\n", 0o600);
     assert!(config.consul_agent().is_err(), "one token only");
 
-    std::fs::write(&token_path, "b1gs3cret-uuid\n").expect("write");
+    // A token other users can read is refused, with the command that fixes it.
+    write_secret("b1gs3cret-uuid\n", 0o644);
+    let err = config.consul_agent().expect_err("world-readable token");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+
+    write_secret("b1gs3cret-uuid\n", 0o600);
     let agent = config.consul_agent().expect("readable").expect("enabled");
     let token = agent.token.clone().expect("token");
     assert_eq!(token.expose(), "b1gs3cret-uuid");
@@ -780,6 +791,51 @@ fn consul_token_is_read_from_its_file() {
     let shown = format!("{agent:?}");
     assert!(!shown.contains("b1gs3cret"), "{shown}");
     assert!(!config.to_toml().contains("b1gs3cret"));
+}
+
+/// `[consul]` over TLS: the CA and a client certificate are read at start,
+/// only with `scheme = "https"`, the certificate and key together, and a
+/// key other users can read is refused.
+#[test]
+fn consul_tls_files_are_checked_and_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let origin = dir.path().join("witness.toml");
+    let parse = |extra: &str| {
+        NodeConfig::parse(
+            &format!("{}\n[consul]\n{extra}", super::tests::NODE),
+            &origin,
+        )
+    };
+    let err = parse("ca_file = \"ca.pem\"\n").expect_err("http with a CA");
+    assert_eq!(keys(&err), ["consul.ca_file"]);
+    let err = parse("scheme = \"https\"\ncert_file = \"c.pem\"\n").expect_err("no key");
+    assert_eq!(keys(&err), ["consul.cert_file"]);
+
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("c.pem"),
+        dir.path().join("c.key"),
+    );
+    std::fs::write(&ca, "CA PEM").expect("write");
+    std::fs::write(&cert, "CERT PEM").expect("write");
+    std::fs::write(&key, "KEY PEM").expect("write");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let config = parse(&format!(
+        "scheme = \"https\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let err = config.consul_agent().expect_err("a readable key");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let agent = config.consul_agent().expect("reads").expect("enabled");
+    let tls = agent.tls.clone().expect("tls");
+    assert_eq!(tls.ca_pem.as_deref(), Some(&b"CA PEM"[..]));
+    assert_eq!(tls.identity_pem.as_deref(), Some(&b"CERT PEM\nKEY PEM"[..]));
+    assert_eq!(agent.base_url(), "https://127.0.0.1:8500");
 }
 
 proptest! {

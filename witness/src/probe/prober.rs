@@ -478,7 +478,19 @@ impl Supervisor {
             }
             None => {
                 let (sender, receiver) = watch::channel(plan);
-                let reader = ConsulReader::new(agent, Arc::clone(&self.transport));
+                // A TLS agent gets a transport of its own, with its CA and
+                // this witness's client certificate.
+                let transport = match &agent.tls {
+                    Some(tls) => match crate::probe::RealTransport::for_consul(tls) {
+                        Ok(t) => Arc::new(t) as Arc<dyn crate::probe::Transport>,
+                        Err(e) => {
+                            tracing::error!("Consul over TLS: {e}; Consul is not read");
+                            return;
+                        }
+                    },
+                    None => Arc::clone(&self.transport),
+                };
+                let reader = ConsulReader::new(agent, transport);
                 let task =
                     self.tasks
                         .spawn(consul_loop(reader, receiver, self.tx.clone(), first_after));

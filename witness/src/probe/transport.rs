@@ -175,6 +175,35 @@ impl RealTransport {
         })
     }
 
+    /// The transport of a Consul reader over TLS: certificates checked
+    /// against `tls`'s CA (else the system's trust store), presenting its
+    /// client certificate if it has one.
+    pub fn for_consul(tls: &crate::config::ConsulTls) -> Result<RealTransport, TransportError> {
+        let mut builder = base_builder();
+        if let Some(ca) = &tls.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(ca).map_err(|e| {
+                TransportError::Other(format!("consul.ca_file is not PEM: {}", chain(&e)))
+            })?;
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some(identity) = &tls.identity_pem {
+            let identity = reqwest::Identity::from_pem(identity).map_err(|e| {
+                TransportError::Other(format!(
+                    "consul.cert_file and key_file are not a PEM certificate and key: {}",
+                    chain(&e)
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        let verified = builder.build().map_err(|e| {
+            TransportError::Other(format!("cannot start the HTTP client: {}", chain(&e)))
+        })?;
+        Ok(RealTransport {
+            verified: verified.clone(),
+            unverified: verified,
+        })
+    }
+
     /// As [`new`](Self::new), shared.
     pub fn shared() -> Result<Arc<dyn Transport>, TransportError> {
         Ok(Arc::new(RealTransport::new()?))
@@ -182,6 +211,13 @@ impl RealTransport {
 }
 
 fn http_client(verify: bool) -> Result<reqwest::Client, TransportError> {
+    base_builder()
+        .tls_danger_accept_invalid_certs(!verify)
+        .build()
+        .map_err(|e| TransportError::Other(format!("cannot start the HTTP client: {}", chain(&e))))
+}
+
+fn base_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         // A probe reports what the target answers: a redirect to a login
         // page is not "up" unless the policy expects that status.
@@ -193,9 +229,6 @@ fn http_client(verify: bool) -> Result<reqwest::Client, TransportError> {
         // listener behind an old keep-alive connection.
         .pool_max_idle_per_host(0)
         .user_agent(concat!("witness/", env!("CARGO_PKG_VERSION")))
-        .tls_danger_accept_invalid_certs(!verify)
-        .build()
-        .map_err(|e| TransportError::Other(format!("cannot start the HTTP client: {}", chain(&e))))
 }
 
 /// An error and its sources, `: `-joined, without repeats, bounded.

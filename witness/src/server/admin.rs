@@ -20,7 +20,7 @@ use witness_proto::admin_client::AdminClient;
 use witness_proto::admin_server::Admin;
 use witness_proto::*;
 
-use super::authz;
+use super::{authz, limits};
 use crate::config::Policy;
 use crate::node::{Node, NodeError};
 use crate::raft::types::{NodeId, WitnessNode};
@@ -360,7 +360,13 @@ impl AdminService {
         request: &Request<T>,
         action: &str,
     ) -> Result<String, Status> {
-        let claimed = request.get_ref().operator_field();
+        let body = request.get_ref();
+        let claimed = body.operator_field();
+        // Sizes first: nothing unbounded is looked at, logged or kept.
+        if !claimed.is_empty() {
+            limits::name("operator", claimed)?;
+        }
+        limits::text("reason", body.reason_field(), limits::MAX_REASON)?;
         let who = authz::require_operator(
             self.node.trust.as_deref(),
             &self.node.identity,
@@ -369,6 +375,18 @@ impl AdminService {
         )
         .inspect_err(|status| {
             tracing::warn!(action, "refused an admin call: {}", status.message());
+        })?;
+        // Rates per caller: a flood of changes, or of leadership transfers
+        // (each makes the new leader wait out the leases again), is cut off.
+        let now = std::time::Instant::now();
+        let caller = if who.is_empty() { "unknown" } else { &who };
+        let limiter = if action == "transfer-leader" {
+            &self.node.admin_limits.transfers
+        } else {
+            &self.node.admin_limits.writes
+        };
+        limiter.take(caller, now).inspect_err(|status| {
+            tracing::warn!(action, operator = %caller, "refused: {}", status.message());
         })?;
         if !request.metadata().contains_key(authz::FORWARDED_HEADER) || self.node.is_leader() {
             tracing::info!(action, operator = %who, "admin call");
@@ -383,6 +401,10 @@ trait OperatorField {
     fn operator_field(&self) -> &str {
         ""
     }
+
+    fn reason_field(&self) -> &str {
+        ""
+    }
 }
 
 impl OperatorField for AddMemberRequest {}
@@ -394,6 +416,10 @@ macro_rules! operator_field {
         impl OperatorField for $t {
             fn operator_field(&self) -> &str {
                 &self.operator
+            }
+
+            fn reason_field(&self) -> &str {
+                &self.reason
             }
         }
     )+};
@@ -642,7 +668,7 @@ impl Admin for AdminService {
         let req = request.get_ref();
         if req.toml.len() > MAX_POLICY_BYTES {
             return Err(Status::invalid_argument(format!(
-                "policy is {} bytes; the limit is {MAX_POLICY_BYTES}",
+                "toml (the policy) is {} bytes, more than the limit of {MAX_POLICY_BYTES}",
                 req.toml.len()
             )));
         }
@@ -720,11 +746,6 @@ impl Admin for AdminService {
                 "a freeze needs a reason (--reason); it is recorded in history",
             ));
         }
-        if req.reason.len() > 1024 {
-            return Err(Status::invalid_argument(
-                "reason is at most 1024 characters",
-            ));
-        }
         if let Some(r) = self
             .forward(&request, |mut c, r| async move { c.freeze(r).await })
             .await
@@ -780,9 +801,10 @@ impl Admin for AdminService {
                     "an operator failover needs a reason (--reason); it is recorded in history",
                 ));
             }
-            if req.to.is_empty() || req.to.len() > 63 {
+            if req.to.is_empty() {
                 return Err(Status::invalid_argument("name the target site with --to"));
             }
+            limits::name("to", &req.to)?;
         }
         if let Some(r) = self
             .forward(&request, |mut c, r| async move { c.failover(r).await })
@@ -898,6 +920,14 @@ impl Admin for AdminService {
                     "a retry needs a reason (--reason); it is recorded in history",
                 ));
             }
+            // `<epoch>/<name>`: twenty digits, a slash, a name.
+            if req.id.len() > 21 + limits::MAX_NAME {
+                return Err(Status::invalid_argument(format!(
+                    "id is {} bytes, more than the limit of {}",
+                    req.id.len(),
+                    21 + limits::MAX_NAME
+                )));
+            }
             let parsed = req
                 .id
                 .split_once('/')
@@ -948,26 +978,19 @@ impl Admin for AdminService {
 }
 
 /// Check an AddMember request before anything is forwarded or changed.
+/// A member's `host:port`: a DNS name is at most 253 bytes.
+const MAX_ADDR: usize = 260;
+
 fn validate_member(req: &AddMemberRequest) -> Result<(), Status> {
     if req.id == 0 {
         return Err(Status::invalid_argument("node id must be 1 or more"));
     }
-    let name_ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    };
-    if !name_ok(&req.name) {
+    limits::name("name", &req.name)?;
+    limits::name("site", &req.site)?;
+    if req.addr.len() > MAX_ADDR {
         return Err(Status::invalid_argument(format!(
-            "bad name {:?}: use 1-63 characters of A-Z a-z 0-9 . _ -",
-            req.name
-        )));
-    }
-    if !name_ok(&req.site) {
-        return Err(Status::invalid_argument(format!(
-            "bad site {:?}: use 1-63 characters of A-Z a-z 0-9 . _ -",
-            req.site
+            "addr is {} bytes, more than the limit of {MAX_ADDR}",
+            req.addr.len()
         )));
     }
     let port_ok = req

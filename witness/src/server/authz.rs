@@ -202,6 +202,13 @@ pub fn agent_fields(
     agent: &mut String,
     check_site: bool,
 ) -> Result<(), Status> {
+    // Sizes before anything is compared, echoed or logged.
+    if !agent.is_empty() {
+        super::limits::name("agent", agent)?;
+    }
+    if check_site && !site.is_empty() {
+        super::limits::name("site", site)?;
+    }
     let Some((cert_site, cert_name)) = proven else {
         return Ok(());
     };

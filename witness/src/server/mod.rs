@@ -6,6 +6,7 @@ pub mod admin;
 pub mod authz;
 pub mod directives;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod raft_service;
 pub mod status_page;
@@ -107,8 +108,7 @@ where
 /// Streams a peer may reset before being accepted, per connection.
 const MAX_PENDING_RESETS: usize = 4096;
 
-/// Largest Admin message accepted (policy files, status replies).
-const MAX_ADMIN_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+use limits::{MAX_ADMIN_MESSAGE_BYTES, MAX_WITNESS_MESSAGE_BYTES};
 
 /// How often the gRPC health status follows the node's readiness.
 const HEALTH_POLL: Duration = Duration::from_millis(500);
@@ -157,10 +157,12 @@ pub fn grpc_router(
     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let admin_svc = AdminServer::new(admin::AdminService::new(node.clone()))
-        .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES);
+        .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_ADMIN_MESSAGE_BYTES);
     let witness_svc = witness_proto::witness_server::WitnessServer::new(
         witness_service::WitnessService::new(node.clone()),
-    );
+    )
+    .max_decoding_message_size(MAX_WITNESS_MESSAGE_BYTES);
     Ok(Server::builder()
         // A peer's Raft calls that time out are reset; after a partition
         // heals, the backlog of such resets arrives at once. h2's default

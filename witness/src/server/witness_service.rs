@@ -64,6 +64,24 @@ impl WitnessService {
         super::authz::require_agent(self.node.trust.as_deref(), &self.node.identity, request)
     }
 
+    /// A site an agent claims must be one of the committed policy's: an
+    /// unknown one never reaches the agent table, a metric label or a log.
+    fn known_site(&self, site: &str) -> Result<(), Status> {
+        let applied = self.node.state.current();
+        let Some(policy) = applied.state.policy.as_ref() else {
+            return Ok(());
+        };
+        if policy.sites.iter().any(|s| s.name == site) {
+            return Ok(());
+        }
+        let known: Vec<&str> = policy.sites.iter().map(|s| s.name.as_str()).collect();
+        Err(Status::invalid_argument(format!(
+            "site {site:?} is not a site of the cluster policy ({}); check agent.site and the \
+             agent's certificate",
+            known.join(", ")
+        )))
+    }
+
     fn verdict(&self, stale: bool) -> Verdict {
         verdict_of(&self.node.state.current(), stale, self.node.config.node.id)
     }
@@ -91,20 +109,9 @@ fn verdict_of(applied: &AppliedState, stale: bool, answered_by: u64) -> Verdict 
 }
 
 /// Names and roles are short identifiers; bounded so a bad client cannot
-/// grow the leader's agent table or logs.
+/// grow the leader's agent table or logs ([`super::limits`]).
 fn check_name(field: &str, value: &str) -> Result<(), Status> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "bad {field} {value:?}: use 1-63 characters of A-Z a-z 0-9 . _ -"
-        )))
-    }
+    super::limits::name(field, value)
 }
 
 /// The applied state after a read-index round, on a leader that stayed
@@ -236,8 +243,11 @@ impl Witness for WitnessService {
             check_name("site", &r.site)?;
             check_name("role", &r.role)?;
             if r.state.len() > 32 {
-                return Err(Status::invalid_argument("state is at most 32 characters"));
+                return Err(Status::invalid_argument(
+                    "state is more than the limit of 32 bytes",
+                ));
             }
+            self.known_site(&r.site)?;
         }
         if let Some(r) = self
             .forward(&request, |mut c, r| async move { c.renew_lease(r).await })
@@ -263,6 +273,7 @@ impl Witness for WitnessService {
             check_name("site", &r.site)?;
             check_name("role", &r.role)?;
             check_name("directive name", &r.name)?;
+            self.known_site(&r.site)?;
         }
         if let Some(r) = self
             .forward(
@@ -433,13 +444,13 @@ impl Witness for WitnessService {
             super::authz::agent_fields(&proven, &mut String::new(), &mut r.agent, false)?;
             check_name("agent", &r.agent)?;
             check_name("directive name", &r.name)?;
-            if r.error.len() > 1024 {
-                return Err(Status::invalid_argument("error is at most 1024 bytes"));
-            }
-            if r.output_tail.len() > 64 * 1024 {
-                return Err(Status::invalid_argument(
-                    "output_tail is at most 64 KiB (the last 4 KiB are kept)",
-                ));
+            super::limits::text("error", &r.error, super::limits::MAX_REASON)?;
+            if r.output_tail.len() > super::limits::MAX_OUTPUT_TAIL {
+                return Err(Status::invalid_argument(format!(
+                    "output_tail is {} bytes, more than the limit of {} (the last 4 KiB are kept)",
+                    r.output_tail.len(),
+                    super::limits::MAX_OUTPUT_TAIL
+                )));
             }
         }
         if let Some(r) = self
@@ -507,15 +518,17 @@ impl Witness for WitnessService {
 impl WitnessService {
     /// The leader's answer to a renewal (after the read-index round).
     async fn answer_renewal(&self, req: &RenewLeaseRequest) -> Result<RenewLeaseReply, Status> {
-        self.node.record_agent(AgentReport {
-            agent: req.agent.clone(),
-            site: req.site.clone(),
-            role: req.role.clone(),
-            state: req.state.clone(),
-            state_for_ms: req.state_for_ms,
-            service_healthy: req.service_healthy,
-            age_ms: 0,
-        });
+        self.node
+            .record_agent(AgentReport {
+                agent: req.agent.clone(),
+                site: req.site.clone(),
+                role: req.role.clone(),
+                state: req.state.clone(),
+                state_for_ms: req.state_for_ms,
+                service_healthy: req.service_healthy,
+                age_ms: 0,
+            })
+            .map_err(Status::resource_exhausted)?;
         let (term, applied) = if sabotage::active(Sabotage::GrantWithoutReadIndex) {
             let term = self.node.raft.metrics().borrow_watched().current_term;
             (term, self.node.state.current())
