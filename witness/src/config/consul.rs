@@ -351,7 +351,7 @@ impl ConsulAgentSection {
             }
             _ => None,
         };
-        let tls = (ca_pem.is_some() || identity_pem.is_some()).then(|| ConsulTls {
+        let tls = (ca_pem.is_some() || identity_pem.is_some()).then_some(ConsulTls {
             ca_pem,
             identity_pem,
         });
