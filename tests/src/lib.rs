@@ -125,6 +125,8 @@ pub struct Cluster {
     pub peers: Vec<NodeSpec>,
     /// Extra TOML appended to every node config (e.g. a `[raft]` table).
     pub extra_toml: String,
+    /// Set by [`Cluster::make_insecure`]: nodes and `witnessctl` without TLS.
+    insecure: bool,
     children: Vec<Option<Child>>,
 }
 
@@ -154,6 +156,7 @@ impl Cluster {
             peers: nodes.clone(),
             extra_toml: extra_toml.to_string(),
             nodes: Vec::new(),
+            insecure: false,
             children: Vec::new(),
         };
         for spec in nodes {
@@ -193,6 +196,27 @@ impl Cluster {
         self.nodes.push(spec);
         self.children.push(None);
         self.nodes.len() - 1
+    }
+
+    /// Rewrite every node file to run without TLS (`insecure = true`):
+    /// only for the benchmark that measures what TLS costs, never a test.
+    pub fn make_insecure(&mut self) {
+        self.insecure = true;
+        for n in &self.nodes {
+            let path = self.config_path(n.id);
+            let text = fs::read_to_string(&path).expect("node config");
+            let (head, _) = text.split_once("\n[tls]").expect("a [tls] table");
+            fs::write(
+                &path,
+                format!("{head}\n[tls]\ninsecure = true\n{}", self.extra_toml),
+            )
+            .expect("write node config");
+        }
+    }
+
+    /// The process id of running node `id`.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children[self.index(id)].as_ref().map(Child::id)
     }
 
     /// A spec with fresh ports for a new node id.
@@ -350,15 +374,17 @@ impl Cluster {
 
     /// Run `witnessctl` against `endpoints`, presenting `files`.
     pub fn ctl_as(&self, files: &TlsFiles, endpoints: &str, args: &[&str]) -> Output {
-        Command::new(witnessctl_bin())
-            .arg("--endpoints")
+        let mut cmd = Command::new(witnessctl_bin());
+        cmd.arg("--endpoints")
             .arg(endpoints)
-            .args(args)
             .env_remove("WITNESS_ENDPOINTS")
-            .env_remove("WITNESS_INSECURE")
-            .envs(Pki::ctl_env(files))
-            .output()
-            .expect("run witnessctl")
+            .env_remove("WITNESS_INSECURE");
+        if self.insecure {
+            cmd.arg("--insecure");
+        } else {
+            cmd.envs(Pki::ctl_env(files));
+        }
+        cmd.args(args).output().expect("run witnessctl")
     }
 
     /// A GET on node `id`'s HTTP port over mutual TLS, as the lab's viewer.

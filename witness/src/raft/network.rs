@@ -64,9 +64,10 @@ pub struct PeerRefusal {
     pub at: Instant,
 }
 
-/// Makes a channel to a peer address. The default dials TCP; the
-/// deterministic simulation substitutes its own network.
-pub type Dialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
+/// Makes a channel to witness `id` at a peer address. The default dials TCP;
+/// the deterministic simulation substitutes its own network (and, like the
+/// default, expects node `id`'s certificate at the other end).
+pub type Dialer = Arc<dyn Fn(NodeId, &str) -> Result<Channel, String> + Send + Sync>;
 
 /// How a witness reaches its peers: through `dialer` (the deterministic
 /// simulation's network) or over TCP, with mutual TLS when `trust` holds
@@ -135,7 +136,7 @@ impl NetContext {
             return Ok(ch.clone());
         }
         if let Some(dial) = &self.dialer {
-            let ch = dial(addr)?;
+            let ch = dial(id, addr)?;
             channels.insert(key, ch.clone());
             return Ok(ch);
         }

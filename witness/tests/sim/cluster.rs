@@ -173,22 +173,29 @@ consul_node = "{node}"
 /// Witness `index`'s node config: default Raft timers, every peer by host name.
 pub fn node_config(index: usize) -> NodeConfig {
     let me = &WITNESSES[index];
+    let tls = crate::pki::peer_files(me.id);
     let mut text = format!(
         r#"
 [node]
 id = {id}
 name = "{host}"
 site = "{site}"
-cluster = "sim"
+cluster = "{cluster}"
 listen = "0.0.0.0:{GRPC_PORT}"
 advertise = "{host}:{GRPC_PORT}"
 http_listen = "0.0.0.0:7401"
 data_dir = "/nonexistent/witness-sim/{host}"
 
 [tls]
-insecure = true
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
 "#,
         id = me.id,
+        cluster = crate::pki::CLUSTER,
+        ca = tls.ca.display(),
+        cert = tls.cert.display(),
+        key = tls.key.display(),
         host = me.host,
         site = me.site,
     );
@@ -239,6 +246,7 @@ pub fn add_witness(
         );
         async move {
             let listener = turmoil::net::TcpListener::bind(("0.0.0.0", GRPC_PORT)).await?;
+            let trust = crate::pki::peer(config.node.id);
             let persisted = disk.cluster_id.clone();
             let identity = Identity::new(
                 config.node.id,
@@ -259,8 +267,8 @@ pub fn add_witness(
                 None,
                 bootstrap,
                 witness::raft::network::PeerTransport {
-                    dialer: Some(net::dialer()),
-                    trust: None,
+                    dialer: Some(net::dialer(trust.clone())),
+                    trust: Some(trust.clone()),
                 },
             )
             .await
@@ -281,7 +289,7 @@ pub fn add_witness(
             let (_stop, stop_rx) = tokio::sync::watch::channel(false);
             witness::server::grpc_router(node, stop_rx)
                 .map_err(|e| e.to_string())?
-                .serve_with_incoming(net::incoming(listener))
+                .serve_with_incoming(net::incoming(listener, trust))
                 .await?;
             Ok(())
         }
@@ -360,9 +368,14 @@ pub fn add_agent(
 }
 
 async fn run_agent(site: &'static SiteSpec, grants: Arc<Mutex<Vec<Grant>>>) -> turmoil::Result {
+    let trust = crate::pki::agent(site.name, site.agent);
     let mut clients = Vec::new();
     for w in &WITNESSES {
-        let channel = net::channel(&format!("{}:{GRPC_PORT}", w.host))?;
+        let channel = net::channel(
+            &format!("{}:{GRPC_PORT}", w.host),
+            trust.clone(),
+            witness::trust::conn::Dial::AnyWitness,
+        )?;
         clients.push(WitnessClient::new(channel));
     }
     let mut epoch = 0;

@@ -3,6 +3,11 @@
 //! connections, gRPC channels for the lease clients, and a probe
 //! [`Transport`] whose TCP connects reach simulated hosts.
 //!
+//! Every gRPC connection is mutual TLS, set up by the production code
+//! (`witness::trust::conn::accept` and `secure`) over the simulated
+//! stream, with the certificates of `crate::pki`: a request reaches the
+//! services with the caller identity a real one would carry.
+//!
 //! turmoil's TCP never retransmits: a segment dropped by a partition leaves
 //! a gap that stalls the stream for good. A real kernel would retransmit
 //! after the partition heals; here HTTP/2 keep-alive pings notice the stall
@@ -16,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
@@ -25,6 +30,8 @@ use witness::probe::{
     CommandOutput, GrpcHealth, HttpRequest, HttpResponse, Transport, TransportError,
 };
 use witness::raft::network::Dialer;
+use witness::trust::Trust;
+use witness::trust::conn::{Dial, Port};
 
 /// A TCP connect that gets no answer (a partition drops the SYN) gives up
 /// after this long, like the production dialer's connect timeout.
@@ -34,6 +41,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// redialled (see the module doc).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A client's TLS handshake gives up after this (a dropped segment stalls
+/// turmoil's stream for good; see the module doc).
+const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A witness's accepted, authenticated connection.
+pub type TlsConn = witness::trust::conn::Conn<turmoil::net::TcpStream>;
 
 /// One accepted or dialled simulated TCP connection, as tonic wants it.
 pub struct Conn(turmoil::net::TcpStream);
@@ -72,14 +85,40 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// The connections a simulated listener accepts, forever. Accept errors are
-/// skipped: a server stops only when its host crashes.
-pub fn incoming(listener: turmoil::net::TcpListener) -> impl Stream<Item = io::Result<Conn>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(s, _)| Conn(s));
-        Some((accepted, listener))
+/// The connections a simulated witness's gRPC listener accepts, forever,
+/// each after its TLS handshake with `trust` (in its own task, bounded by
+/// the production [`HANDSHAKE_TIMEOUT`](witness::trust::conn::HANDSHAKE_TIMEOUT)).
+/// A failed handshake is counted and logged by `trust`, as in production.
+/// Accepting stops when the server drops the stream or the host crashes.
+pub fn incoming(
+    listener: turmoil::net::TcpListener,
+    trust: Arc<Trust>,
+) -> impl Stream<Item = io::Result<TlsConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<TlsConn>(64);
+    tokio::spawn(async move {
+        while !tx.is_closed() {
+            let Ok((stream, remote)) = listener.accept().await else {
+                continue;
+            };
+            let (tx, trust) = (tx.clone(), trust.clone());
+            tokio::spawn(async move {
+                let handshake =
+                    witness::trust::conn::accept(&trust, stream, Some(remote), Port::Grpc);
+                match tokio::time::timeout(witness::trust::conn::HANDSHAKE_TIMEOUT, handshake).await
+                {
+                    Ok(Ok(conn)) => {
+                        let _ = tx.send(conn).await;
+                    }
+                    Ok(Err(why)) => trust.note_handshake_failure(remote, &why),
+                    Err(_) => trust.note_handshake_failure(remote, "no TLS handshake in time"),
+                }
+            });
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        let conn = rx.recv().await?;
+        Some((Ok(conn), rx))
     })
-    .filter(|r| std::future::ready(r.is_ok()))
 }
 
 /// Connect to `host:port` on the simulated network, bounded by
@@ -96,8 +135,10 @@ async fn connect(host: String, port: u16) -> io::Result<turmoil::net::TcpStream>
     }
 }
 
-/// A lazily connecting gRPC channel to `addr` (`host:port`) over turmoil.
-pub fn channel(addr: &str) -> Result<Channel, String> {
+/// A lazily connecting gRPC channel to `addr` (`host:port`) over turmoil,
+/// mutual TLS presenting `trust`'s certificate and expecting `expect` at
+/// the other end.
+pub fn channel(addr: &str, trust: Arc<Trust>, expect: Dial) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad address {addr:?}: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -105,10 +146,22 @@ pub fn channel(addr: &str) -> Result<Channel, String> {
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
     Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(|uri: Uri| async move {
-            let host = uri.host().unwrap_or_default().to_string();
-            let port = uri.port_u16().unwrap_or(80);
-            connect(host, port).await.map(|s| TokioIo::new(Conn(s)))
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
+            let trust = trust.clone();
+            async move {
+                let host = uri.host().unwrap_or_default().to_string();
+                let port = uri.port_u16().unwrap_or(80);
+                let tcp = connect(host.clone(), port).await?;
+                let handshake =
+                    witness::trust::conn::secure(tcp, &host, port, Some(&trust), expect);
+                match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(conn) => conn.map(TokioIo::new),
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    )),
+                }
+            }
         })),
     )
 }
@@ -133,9 +186,10 @@ impl axum::serve::Listener for AxumListener {
     }
 }
 
-/// The witness's peer dialer over turmoil.
-pub fn dialer() -> Dialer {
-    Arc::new(channel)
+/// A witness's peer dialer over turmoil, presenting its certificate
+/// `trust` and expecting the dialled node's.
+pub fn dialer(trust: Arc<Trust>) -> Dialer {
+    Arc::new(move |id, addr: &str| channel(addr, trust.clone(), Dial::Witness(id)))
 }
 
 /// Probes and the Consul reader over turmoil: TCP connects and plain-HTTP

@@ -301,7 +301,7 @@ async fn accept_loop(
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&trust, tcp, remote, port))
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(&trust, tcp, Some(remote), port))
                 .await
             {
                 Ok(Ok(conn)) => {
@@ -317,12 +317,16 @@ async fn accept_loop(
     }
 }
 
-async fn handshake(
+/// The server side of the TLS handshake on an accepted connection `io`
+/// (TCP here; the deterministic simulation's own streams): the caller's
+/// certificate checked by `trust`'s current verifier and its identity read
+/// once. The caller bounds it in time.
+pub async fn accept<IO: AsyncRead + AsyncWrite + Unpin>(
     trust: &Trust,
-    tcp: TcpStream,
-    remote: SocketAddr,
+    io: IO,
+    remote: Option<SocketAddr>,
     port: Port,
-) -> Result<Conn<TcpStream>, String> {
+) -> Result<Conn<IO>, String> {
     let material = trust.current();
     let generation = trust.generation();
     let config = match port {
@@ -330,7 +334,7 @@ async fn handshake(
         Port::Http => material.http_server.clone(),
     };
     let tls = tokio_rustls::TlsAcceptor::from(config)
-        .accept(tcp)
+        .accept(io)
         .await
         .map_err(|e| e.to_string())?;
     let chain: Vec<CertificateDer<'static>> = tls
@@ -348,7 +352,7 @@ async fn handshake(
     Ok(Conn {
         stream: Stream::Tls(Box::new(tls)),
         info: ConnInfo {
-            remote: Some(remote),
+            remote,
             caller: Some(Arc::new(Caller {
                 identity,
                 chain: Arc::new(chain),
@@ -407,22 +411,39 @@ async fn dial(
     let port = uri.port_u16().unwrap_or(80);
     let tcp = TcpStream::connect((host.as_str(), port)).await?;
     let _ = tcp.set_nodelay(true);
+    secure(tcp, &host, port, trust, expect)
+        .await
+        .map(hyper_util::rt::TokioIo::new)
+}
+
+/// The client side of a connection `io` to a witness at `host:port` (TCP
+/// here; the deterministic simulation's own streams): plaintext without
+/// `trust`, else a TLS handshake presenting `trust`'s current certificate
+/// and, for [`Dial::Witness`], refusing a server whose certificate names
+/// another node.
+pub async fn secure<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: IO,
+    host: &str,
+    port: u16,
+    trust: Option<&Trust>,
+    expect: Dial,
+) -> io::Result<ClientConn<IO>> {
     let Some(trust) = trust else {
-        return Ok(hyper_util::rt::TokioIo::new(ClientConn {
-            stream: ClientStream::Plain(tcp),
-        }));
+        return Ok(ClientConn {
+            stream: ClientStream::Plain(io),
+        });
     };
     let material = trust.current();
-    let name = ServerName::try_from(host.clone()).map_err(|e| {
+    let name = ServerName::try_from(host.to_string()).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{host:?} is not a host name: {e}"),
         )
     })?;
     let tls = tokio_rustls::TlsConnector::from(material.client.clone())
-        .connect(name, tcp)
+        .connect(name, io)
         .await
-        .map_err(|e| explain_handshake(e, &host, port))?;
+        .map_err(|e| explain_handshake(e, host, port))?;
     if let Dial::Witness(id) = expect {
         let who = tls
             .get_ref()
@@ -452,9 +473,9 @@ async fn dial(
             }
         }
     }
-    Ok(hyper_util::rt::TokioIo::new(ClientConn {
+    Ok(ClientConn {
         stream: ClientStream::Tls(Box::new(tls)),
-    }))
+    })
 }
 
 /// A TLS connection to a witness's port at `addr` (`host:port`) speaking
@@ -483,7 +504,7 @@ pub async fn connect_stream(
     let _ = tcp.set_nodelay(true);
     let mut config = (*trust.current().client).clone();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let name = ServerName::try_from(host.clone()).map_err(|e| {
+    let name = ServerName::try_from(host.to_string()).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{host:?} is not a host name: {e}"),
