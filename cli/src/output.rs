@@ -200,6 +200,9 @@ pub fn status_table(s: &StatusReply) -> String {
     if !s.note.is_empty() {
         out.push_str(&format!("note:    {}\n", s.note));
     }
+    for w in &s.warnings {
+        out.push_str(&format!("WARNING: {w}\n"));
+    }
     if !s.sites.is_empty() {
         out.push('\n');
         out.push_str(&sites_table(s));

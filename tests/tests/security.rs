@@ -408,6 +408,19 @@ fn forged_raft_messages_never_reach_the_state_machine() {
         Some(raft_reply::Result::Payload(_)) => {}
         other => panic!("Raft did not answer node 1's vote: {other:?}"),
     }
+    // A member's own certificate and envelope, but a message speaking for
+    // another node's leadership (an AppendEntries whose vote is node 3's):
+    // refused, so a member cannot act as another member's leader.
+    let as_node_3 = serde_json::to_vec(&json!({
+        "vote": {"leader_id": {"term": 1_000_000, "node_id": 3}, "committed": true},
+        "prev_log_id": null, "entries": [], "leader_commit": null
+    }))
+    .expect("append json");
+    let refused = rt
+        .block_on(raft.append_entries(envelope(&status, 1, 2, as_node_3)))
+        .expect_err("node 1 speaking for node 3 is refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("node 3"), "{refused:?}");
 
     let after = c.status().expect("status");
     assert_eq!(after["active_site"], status["active_site"]);
@@ -472,6 +485,144 @@ fn an_agent_certificate_renews_only_as_its_own_agent_and_site() {
         })
         .unwrap_or_default();
     assert_eq!(agents, vec!["\"mbox-a\"@\"dc-a\"".to_string()], "{status}");
+
+    // An agent of dc-b that happens to have the same name is another agent:
+    // its renewals get their own row and never overwrite dc-a's.
+    let files = c.pki().agent("dc-b", "mbox-a");
+    let expect = Expect::Agent {
+        site: "dc-b".into(),
+        name: "mbox-a".into(),
+    };
+    let mut twin = WitnessClient::new(rt.block_on(channel(&files, expect, &c.spec(1).addr())));
+    rt.block_on(twin.renew_lease(renew("", "")))
+        .expect("its own renewal is answered");
+    let status = c.status().expect("status");
+    let mut agents: Vec<String> = status["agents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|a| format!("{}@{}", a["agent"], a["site"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    agents.sort();
+    assert_eq!(
+        agents,
+        vec![
+            "\"mbox-a\"@\"dc-a\"".to_string(),
+            "\"mbox-a\"@\"dc-b\"".to_string()
+        ],
+        "{status}"
+    );
+}
+
+/// Revocation reaches callers a follower relays and streams already open:
+/// with `operator/…` and an agent on the leader's deny list only (the
+/// followers' lists are stale), a write through a follower is refused by
+/// the leader, while the follower itself still answers the same operator's
+/// read; the agent's open verdict watch on the leader ends.
+#[test]
+fn a_revoked_caller_is_refused_by_the_leader_and_its_open_watch_ends() {
+    let sites = Sites::start();
+    let mut c = Cluster::new(3);
+    for id in 1..=3 {
+        let deny = c.dir.path().join(format!("deny-{id}.txt"));
+        std::fs::write(&deny, "# nobody yet\n").expect("deny file");
+        let path = c.config_path(id);
+        let text = std::fs::read_to_string(&path).expect("config");
+        let text = text.replacen(
+            "\n[tls]\n",
+            &format!("\n[tls]\ndeny = \"{}\"\n", deny.display()),
+            1,
+        );
+        std::fs::write(&path, text).expect("config");
+    }
+    c.set_policy(&sites.policy(""));
+    let out = c.init(1);
+    assert!(out.status.success(), "init: {}", text(&out));
+    for id in 1..=3 {
+        c.start(id);
+    }
+    c.wait_ready(&[1, 2, 3], SETTLE);
+    c.wait_verdict("dc-a", 1, SETTLE);
+    let leader = c.wait_for_leader(&[1, 2, 3], SETTLE);
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let rt = runtime();
+    let files = c.pki().agent("dc-a", "mbox-a");
+    let expect = Expect::Agent {
+        site: "dc-a".into(),
+        name: "mbox-a".into(),
+    };
+    let mut agent =
+        WitnessClient::new(rt.block_on(channel(&files, expect, &c.spec(leader).addr())));
+    let mut watch = rt
+        .block_on(agent.watch_verdict(GetVerdictRequest { allow_stale: true }))
+        .expect("the agent's watch is accepted")
+        .into_inner();
+    rt.block_on(watch.message())
+        .expect("a first verdict")
+        .expect("the stream is open");
+
+    std::fs::write(
+        c.dir.path().join(format!("deny-{leader}.txt")),
+        format!(
+            "witness://e2e/operator/{}\nwitness://e2e/agent/dc-a/mbox-a\n",
+            jepsen::lab::pki::OPERATOR
+        ),
+    )
+    .expect("the leader's deny list");
+    wait_until(
+        witness::trust::RELOAD_POLL * 4,
+        "the leader to reload its deny list",
+        || {
+            c.log(leader)
+                .contains("TLS certificates reloaded")
+                .then_some(())
+        },
+    );
+    let out = c.ctl_at(
+        &c.spec(follower).addr(),
+        &["freeze", "--reason", "revoked operator"],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let refusal = text(&out);
+    assert!(
+        refusal.contains("not trusted by the leader") && refusal.contains("deny list"),
+        "{refusal}"
+    );
+    let out = c.ctl_at(&c.spec(follower).addr(), &["status", "--local"]);
+    assert!(
+        out.status.success(),
+        "the follower's list is stale: {}",
+        text(&out)
+    );
+    let out = c.ctl_as(
+        &c.pki().viewer(),
+        &c.endpoints(),
+        &["--output", "json", "status"],
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(status["mode"], "auto", "nothing was frozen: {status}");
+
+    // The watch ends within a recheck of the leader's reload.
+    let ended = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match watch.message().await {
+                    Ok(Some(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+    });
+    match ended {
+        Ok(Err(status)) => {
+            assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+            assert!(status.message().contains("deny list"), "{status:?}");
+        }
+        other => panic!("the revoked agent's watch did not end with a refusal: {other:?}"),
+    }
 }
 
 /// A witness picks up a certificate rewritten on disk without a restart:

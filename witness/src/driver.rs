@@ -98,7 +98,7 @@ pub struct Soft {
     pub startup_last_log: u64,
     /// Observations applied before this instant do not count.
     pub not_before: Mono,
-    pub agents: BTreeMap<String, AgentSeen>,
+    pub agents: BTreeMap<(String, String), AgentSeen>,
     pub pending: Option<Pending>,
     pub freeze_armed: Option<(u64, Mono)>,
     /// The engine's latest decision on the leader, for status.
@@ -109,7 +109,7 @@ pub struct Soft {
     pub last_transfer_at: Option<Mono>,
     /// Per agent: the epoch and the instant of the last lease this leader
     /// granted it in its current term (claims need a valid lease).
-    pub agent_grants: BTreeMap<String, (Epoch, Mono)>,
+    pub agent_grants: BTreeMap<(String, String), (Epoch, Mono)>,
     /// Claim deadlines on this leader's clock, by (epoch, name,
     /// generation); armed when this leader first sees the claim (a new
     /// leader re-arms them in full) and pushed back by each renewal.
@@ -231,7 +231,8 @@ impl Node {
         let mut soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
         soft.ensure_term(term, now);
         soft.book.try_grant(site, agent, now)?;
-        soft.agent_grants.insert(agent.to_string(), (epoch, now));
+        soft.agent_grants
+            .insert((site.to_string(), agent.to_string()), (epoch, now));
         Ok(())
     }
 
@@ -242,6 +243,7 @@ impl Node {
     pub fn check_agent_lease(
         &self,
         term: u64,
+        site: &str,
         agent: &str,
         epoch: Epoch,
         lease_ttl: Duration,
@@ -249,7 +251,10 @@ impl Node {
         let now = self.now();
         let mut soft = self.soft.lock().unwrap_or_else(|e| e.into_inner());
         soft.ensure_term(term, now);
-        match soft.agent_grants.get(agent) {
+        match soft
+            .agent_grants
+            .get(&(site.to_string(), agent.to_string()))
+        {
             Some((e, at)) if *e == epoch && now.saturating_sub(*at) < lease_ttl => Ok(()),
             Some((e, _)) if *e != epoch => Err(format!(
                 "{agent}'s last lease is for epoch {e}, not {epoch}: renew the lease first"
@@ -277,7 +282,8 @@ impl Node {
         soft.agents
             .retain(|_, a| now.saturating_sub(a.heard_at) < AGENT_FORGET_AFTER);
         let max = crate::server::limits::MAX_AGENTS;
-        if soft.agents.len() >= max && !soft.agents.contains_key(&report.agent) {
+        let key = (report.site.clone(), report.agent.clone());
+        if soft.agents.len() >= max && !soft.agents.contains_key(&key) {
             return Err(format!(
                 "the leader already tracks {max} agents, the limit; {} is refused until one of \
                  them has been silent for {AGENT_FORGET_AFTER:?}",
@@ -285,7 +291,7 @@ impl Node {
             ));
         }
         soft.agents.insert(
-            report.agent.clone(),
+            key,
             AgentSeen {
                 report,
                 heard_at: now,

@@ -269,6 +269,44 @@ pub enum NodeError {
 }
 
 impl Node {
+    /// What an operator must hear about this witness's own TLS, at `now_s`
+    /// (Unix seconds): that it runs without TLS, or that its certificate or
+    /// the cluster CA expires within [`crate::trust::EXPIRY_WARNING`] or
+    /// has expired. Shown by `witnessctl status` and the status page.
+    pub fn tls_warnings(&self, now_s: i64) -> Vec<String> {
+        let name = &self.config.node.name;
+        let Some(trust) = self.trust.as_deref() else {
+            return vec![format!(
+                "{name} runs without TLS (insecure = true): anyone who reaches its ports can act \
+                 as a witness, an agent or an operator"
+            )];
+        };
+        let material = trust.current();
+        let soon = crate::trust::EXPIRY_WARNING.as_secs() as i64;
+        let mut warnings = Vec::new();
+        for (what, at) in [
+            (format!("{name}'s certificate"), material.own.not_after),
+            ("the cluster CA".to_string(), material.ca_not_after),
+        ] {
+            let left = at - now_s;
+            if left <= 0 {
+                warnings.push(format!(
+                    "{what} expired on {}: reissue it with `witness certs` (it is reloaded \
+                     without a restart)",
+                    crate::clock::format_unix(at)
+                ));
+            } else if left <= soon {
+                warnings.push(format!(
+                    "{what} expires in {} day(s), on {}: reissue it with `witness certs` (it is \
+                     reloaded without a restart)",
+                    left / 86_400,
+                    crate::clock::format_unix(at)
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Open the store, build Raft, start the background tasks. Servers are
     /// started by [`run`].
     pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {

@@ -125,6 +125,7 @@ impl AdminService {
             policy_version: applied.state.policy_version,
             incarnation: node.identity.incarnation.0.clone(),
             note,
+            warnings: node.tls_warnings(crate::trust::unix_now()),
             leader_since_ms: None,
             active_site: applied
                 .state
@@ -243,7 +244,9 @@ impl AdminService {
                 .agents
                 .values()
                 .map(|a| {
-                    let grant = soft.agent_grants.get(&a.report.agent);
+                    let grant = soft
+                        .agent_grants
+                        .get(&(a.report.site.clone(), a.report.agent.clone()));
                     AgentStatus {
                         agent: a.report.agent.clone(),
                         site: a.report.site.clone(),
@@ -933,7 +936,10 @@ impl Admin for AdminService {
                 .split_once('/')
                 .and_then(|(e, n)| Some((e.parse::<u64>().ok()?, n.to_string())));
             match parsed {
-                Some((epoch, name)) if !name.is_empty() => (epoch, name),
+                Some((epoch, name)) if !name.is_empty() => {
+                    limits::name("directive name", &name)?;
+                    (epoch, name)
+                }
                 _ => {
                     return Err(Status::invalid_argument(format!(
                         "bad directive id {:?}: write <epoch>/<name>, as `witnessctl directives \

@@ -25,11 +25,15 @@ use tonic::Status;
 
 use crate::raft::identity::Identity as Membership;
 use crate::raft::types::NodeId;
+use std::sync::Arc;
+
 use crate::trust::{ConnInfo, Identity, Principal, Role, Trust};
 
 /// Metadata key marking a request a follower forwarded to the leader; its
-/// value is the original caller's identity URI (`insecure` on a plaintext
-/// cluster).
+/// value is the original caller's identity URI and certificate serial
+/// (`<uri> serial:<hex>`; `insecure` on a plaintext cluster). The leader
+/// checks that identity against its own deny list too, so a follower whose
+/// deny list is stale cannot let a revoked caller through.
 pub const FORWARDED_HEADER: &str = "x-witness-forwarded";
 
 /// The value of [`FORWARDED_HEADER`] on a plaintext cluster.
@@ -44,14 +48,22 @@ pub enum Caller {
     Principal(Principal),
 }
 
-impl Caller {
-    /// The value a forwarding follower puts in [`FORWARDED_HEADER`].
-    pub fn header(&self, cluster: &str) -> String {
-        match self {
-            Caller::Insecure => INSECURE_CALLER.to_string(),
-            Caller::Principal(p) => Identity::new(cluster, p.clone()).uri(),
-        }
-    }
+/// The value a follower puts in [`FORWARDED_HEADER`] when it forwards
+/// `request` to the leader: who is on the other end of the connection
+/// (forwarded requests are never forwarded again).
+pub fn forwarded_header<T>(
+    trust: Option<&Trust>,
+    request: &tonic::Request<T>,
+) -> Result<String, Status> {
+    let Some(trust) = trust else {
+        return Ok(INSECURE_CALLER.to_string());
+    };
+    let caller = connection_caller(trust, request)?;
+    Ok(format!(
+        "{} serial:{}",
+        caller.identity.uri(),
+        caller.serial
+    ))
 }
 
 fn describe(p: &Principal) -> String {
@@ -83,7 +95,11 @@ pub fn caller<T>(
             "witness node {id} is not a member, so it may not forward calls"
         )));
     }
-    let uri = value.to_str().unwrap_or_default();
+    let value = value.to_str().unwrap_or_default();
+    let (uri, serial) = match value.split_once(' ') {
+        Some((uri, rest)) => (uri, rest.strip_prefix("serial:")),
+        None => (value, None),
+    };
     let named = Identity::parse(uri)
         .map_err(|e| Status::invalid_argument(format!("{FORWARDED_HEADER} from node {id}: {e}")))?;
     let cluster = trust.own().cluster;
@@ -92,11 +108,54 @@ pub fn caller<T>(
             "node {id} forwarded a call for {named}, not of cluster {cluster:?}"
         )));
     }
+    if let Some(why) = trust.current().denies(&named, serial) {
+        tracing::warn!("refused a call node {id} forwarded for {named}: {why}");
+        return Err(Status::unauthenticated(format!(
+            "{named} is not trusted by the leader: {why}"
+        )));
+    }
     Ok(Caller::Principal(named.principal))
+}
+
+/// A tonic interceptor that refuses, before the message is even read, a
+/// call to `service` from a certificate whose role is not in `allowed`: a
+/// caller with the wrong certificate cannot make the server buffer a large
+/// message (the Raft service's limit is tens of MiB). The handlers then
+/// make their finer checks (node id, membership, site, forwarding).
+pub fn gate(
+    trust: Option<Arc<Trust>>,
+    service: &'static str,
+    allowed: &'static [Role],
+    needs: &'static str,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
+    move |request| {
+        let Some(trust) = trust.as_deref() else {
+            return Ok(request);
+        };
+        let principal = direct(trust, &request)?;
+        if allowed.contains(&principal.role()) {
+            return Ok(request);
+        }
+        Err(Status::permission_denied(format!(
+            "{} may not use the {service} service: {needs}",
+            describe(&principal)
+        )))
+    }
 }
 
 /// The principal of the connection itself (never a forwarded one).
 fn direct<T>(trust: &Trust, request: &tonic::Request<T>) -> Result<Principal, Status> {
+    Ok(connection_caller(trust, request)?
+        .identity
+        .principal
+        .clone())
+}
+
+/// The certificate on the connection itself, still trusted.
+pub(crate) fn connection_caller<T>(
+    trust: &Trust,
+    request: &tonic::Request<T>,
+) -> Result<Arc<crate::trust::Caller>, Status> {
     let caller = request
         .extensions()
         .get::<ConnInfo>()
@@ -107,12 +166,9 @@ fn direct<T>(trust: &Trust, request: &tonic::Request<T>) -> Result<Principal, St
             )
         })?;
     trust.still_trusts(&caller).map_err(|why| {
-        Status::unauthenticated(format!(
-            "{} is no longer trusted since the witness reloaded its certificates: {why}",
-            caller.identity
-        ))
+        Status::unauthenticated(format!("{} is no longer trusted: {why}", caller.identity))
     })?;
-    Ok(caller.identity.principal.clone())
+    Ok(caller)
 }
 
 /// `Raft` calls: a member peer speaking as `from_id`, never forwarded.

@@ -38,6 +38,21 @@ pub const MAX_WITNESS_MESSAGE_BYTES: usize = 256 * 1024;
 /// Largest message of the Admin service (policy files, status replies).
 pub const MAX_ADMIN_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// `text` with every control character but newline and tab replaced by
+/// U+FFFD: a command's output or an error goes into the Raft log, history
+/// and terminals, where escape sequences must not act.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && !matches!(c, '\n' | '\t') {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// An identifier field: 1–[`MAX_NAME`] bytes of `[A-Za-z0-9._-]`.
 pub fn name(field: &str, value: &str) -> Result<(), Status> {
     if value.is_empty() {
@@ -202,5 +217,13 @@ mod tests {
         assert!(limiter.take("bob", t0).is_ok(), "per caller");
         assert!(limiter.take("alice", t0 + Duration::from_secs(5)).is_err());
         assert!(limiter.take("alice", t0 + Duration::from_secs(11)).is_ok());
+    }
+
+    #[test]
+    fn printable_keeps_lines_and_drops_escapes() {
+        assert_eq!(
+            printable("ok\n\tdone \u{1b}[31mred\r"),
+            "ok\n\tdone \u{fffd}[31mred\u{fffd}"
+        );
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use witness_proto::admin_server::AdminServer;
 use witness_proto::raft_server::RaftServer;
@@ -25,7 +26,7 @@ use witness_proto::raft_server::RaftServer;
 use crate::node::Node;
 use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::raft::types::NodeId;
-use crate::trust::{Incoming, Port};
+use crate::trust::{Incoming, Port, Role};
 
 pub use authz::FORWARDED_HEADER;
 
@@ -76,18 +77,15 @@ where
             "leader {leader} is not in this node's membership view"
         ))));
     };
-    // The leader checks the original caller's role itself; it believes the
-    // name because this node's peer certificate vouches for it.
-    let caller = match authz::caller(node.trust.as_deref(), &node.identity, request) {
-        Ok(c) => c,
-        Err(status) => return Some(Err(status)),
-    };
-    let header = match caller
-        .header(&node.config.node.cluster)
-        .parse::<tonic::metadata::MetadataValue<_>>()
-    {
+    // The leader checks the original caller's role (and its own deny list)
+    // itself; it believes the name because this node's peer certificate
+    // vouches for it.
+    let header = match authz::forwarded_header(node.trust.as_deref(), request).and_then(|h| {
+        h.parse::<tonic::metadata::MetadataValue<_>>()
+            .map_err(|e| tonic::Status::internal(format!("forwarding: {e}")))
+    }) {
         Ok(v) => v,
-        Err(e) => return Some(Err(tonic::Status::internal(format!("forwarding: {e}")))),
+        Err(status) => return Some(Err(status)),
     };
     let channel = match node.net.channel(leader, &member.addr) {
         Ok(c) => c,
@@ -149,20 +147,44 @@ pub fn grpc_router(
             }
         });
     }
-    let raft_svc = RaftServer::new(raft_service::RaftService::new(
-        node.raft.clone(),
-        node.identity.clone(),
-        node.trust.clone(),
-    ))
-    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
-    let admin_svc = AdminServer::new(admin::AdminService::new(node.clone()))
-        .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_ADMIN_MESSAGE_BYTES);
-    let witness_svc = witness_proto::witness_server::WitnessServer::new(
-        witness_service::WitnessService::new(node.clone()),
-    )
-    .max_decoding_message_size(MAX_WITNESS_MESSAGE_BYTES);
+    // Each service first refuses, by role, a caller it never serves, before
+    // the message is read (`authz::gate`).
+    let gate = |service, allowed, needs| authz::gate(node.trust.clone(), service, allowed, needs);
+    let raft_svc = InterceptedService::new(
+        RaftServer::new(raft_service::RaftService::new(
+            node.raft.clone(),
+            node.identity.clone(),
+            node.trust.clone(),
+        ))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+        gate(
+            "Raft",
+            &[Role::Peer],
+            "only witnesses (peer certificates) may",
+        ),
+    );
+    let admin_svc = InterceptedService::new(
+        AdminServer::new(admin::AdminService::new(node.clone()))
+            .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
+        gate(
+            "Admin",
+            &[Role::Viewer, Role::Operator, Role::Peer],
+            "it needs a viewer or operator certificate",
+        ),
+    );
+    let witness_svc = InterceptedService::new(
+        witness_proto::witness_server::WitnessServer::new(witness_service::WitnessService::new(
+            node.clone(),
+        ))
+        .max_decoding_message_size(MAX_WITNESS_MESSAGE_BYTES),
+        gate(
+            "Witness",
+            &[Role::Agent, Role::Peer],
+            "only agents (agent certificates) may",
+        ),
+    );
     Ok(Server::builder()
         // A peer's Raft calls that time out are reset; after a partition
         // heals, the backlog of such resets arrives at once. h2's default

@@ -5,7 +5,9 @@
 //! refused call is a `PERMISSION_DENIED` status and is never decoded). Then
 //! each envelope passes [`Identity::admit`] before openraft sees it; a refused
 //! message is answered with a [`Refusal`] that says what to do, so the sender
-//! can log it and `witnessctl status` can show it.
+//! can log it and `witnessctl status` can show it. Finally the message's own
+//! sender — the leader or candidate its vote names — must be `from_id`: a
+//! member's certificate speaks only for that member's leadership.
 
 use std::sync::Arc;
 
@@ -19,9 +21,19 @@ use witness_proto::{
 
 use crate::raft::identity::{Identity, refuse};
 use crate::raft::network::SnapshotTransfer;
-use crate::raft::types::Raft;
+use crate::raft::types::{Raft, TypeConfig};
 use crate::server::authz;
 use crate::trust::Trust;
+
+type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+type VoteRequest = openraft::raft::VoteRequest<TypeConfig>;
+type TransferLeaderRequest = openraft::raft::TransferLeaderRequest<TypeConfig>;
+
+/// The node a vote names (the leader or the candidate).
+fn voter(vote: &crate::raft::types::Vote) -> u64 {
+    use openraft::vote::RaftLeaderId;
+    *vote.leader_id().node_id()
+}
 
 /// `witness.v1.Raft` backed by this node's openraft instance.
 pub struct RaftService {
@@ -88,9 +100,14 @@ impl RaftService {
         })
     }
 
+    /// Authorise, open and run one message. `speaker` is the node the
+    /// message itself says sent it (the vote's leader or candidate), which
+    /// must be the envelope's — and so the certificate's — `from_id`: a
+    /// member cannot speak as another member's leadership.
     async fn handle<Req, Resp, E, F, Fut>(
         &self,
         request: Request<RaftRequest>,
+        speaker: fn(&Req) -> Option<u64>,
         f: F,
     ) -> Result<Response<RaftReply>, Status>
     where
@@ -126,6 +143,19 @@ impl RaftService {
                 );
             },
         )?;
+        if let Some(said) = speaker(&payload)
+            && said != req.from_id
+        {
+            tracing::warn!(
+                from = req.from_id,
+                "refused a Raft message speaking for node {said}"
+            );
+            return Err(Status::permission_denied(format!(
+                "node {} sent a Raft message whose vote is node {said}'s: a witness speaks only \
+                 for itself",
+                req.from_id
+            )));
+        }
         match f(self.raft.clone(), payload).await {
             Ok(resp) => Ok(self.reply(&resp)),
             Err(e) => Ok(self.reply_refused(refuse(refusal::Kind::Unavailable, e.to_string()))),
@@ -139,33 +169,47 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        self.handle(request, |raft, rpc| async move {
-            raft.append_entries(rpc).await
-        })
+        self.handle(
+            request,
+            |rpc: &AppendEntriesRequest| Some(voter(&rpc.vote)),
+            |raft, rpc| async move { raft.append_entries(rpc).await },
+        )
         .await
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        self.handle(request, |raft, rpc| async move { raft.vote(rpc).await })
-            .await
+        self.handle(
+            request,
+            |rpc: &VoteRequest| Some(voter(&rpc.vote)),
+            |raft, rpc| async move { raft.vote(rpc).await },
+        )
+        .await
     }
 
     async fn pre_vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        self.handle(request, |raft, rpc| async move { raft.pre_vote(rpc).await })
-            .await
+        self.handle(
+            request,
+            |rpc: &VoteRequest| Some(voter(&rpc.vote)),
+            |raft, rpc| async move { raft.pre_vote(rpc).await },
+        )
+        .await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        self.handle(request, |raft, t: SnapshotTransfer| async move {
-            let snapshot = openraft::alias::SnapshotOf::<crate::raft::types::TypeConfig, _> {
-                meta: t.meta,
-                snapshot: t.data,
-            };
-            raft.install_full_snapshot(t.vote, snapshot).await
-        })
+        self.handle(
+            request,
+            |t: &SnapshotTransfer| Some(voter(&t.vote)),
+            |raft, t: SnapshotTransfer| async move {
+                let snapshot = openraft::alias::SnapshotOf::<crate::raft::types::TypeConfig, _> {
+                    meta: t.meta,
+                    snapshot: t.data,
+                };
+                raft.install_full_snapshot(t.vote, snapshot).await
+            },
+        )
         .await
     }
 
@@ -173,9 +217,11 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        self.handle(request, |raft, rpc| async move {
-            raft.handle_transfer_leader(rpc).await
-        })
+        self.handle(
+            request,
+            |rpc: &TransferLeaderRequest| Some(voter(rpc.from_leader())),
+            |raft, rpc| async move { raft.handle_transfer_leader(rpc).await },
+        )
         .await
     }
 
@@ -183,6 +229,7 @@ impl RaftRpc for RaftService {
         let from = request.get_ref().from_id;
         self.handle(
             request,
+            |_: &crate::state::Request| None,
             move |raft, req: crate::state::Request| async move {
                 // Only a witness's own observations may be proposed this way, and
                 // only under its own (checked) identity.

@@ -168,50 +168,24 @@ fn status_document(node: &Node, reply: &StatusReply) -> Value {
     doc
 }
 
-/// The page's word on this witness's TLS: off (a loud warning), or the
-/// certificates' expiry, with a warning from [`crate::trust::EXPIRY_WARNING`]
-/// before the first of them runs out.
+/// The page's word on this witness's TLS: off, or the certificates'
+/// expiry; `warning` joins [`Node::tls_warnings`].
 fn tls_document(node: &Node, now_s: i64) -> Value {
+    let warnings = node.tls_warnings(now_s);
+    let warning = if warnings.is_empty() {
+        Value::Null
+    } else {
+        Value::String(warnings.join("; "))
+    };
     let Some(trust) = node.trust.as_deref() else {
-        return json!({
-            "enabled": false,
-            "warning": format!(
-                "{} runs without TLS (insecure = true): anyone who reaches its ports can act as a \
-                 witness, an agent or an operator",
-                node.config.node.name
-            ),
-        });
+        return json!({ "enabled": false, "warning": warning });
     };
     let material = trust.current();
-    let soon = crate::trust::EXPIRY_WARNING.as_secs() as i64;
-    let mut warnings = Vec::new();
-    for (what, at) in [
-        (
-            format!("{}'s certificate", node.config.node.name),
-            material.own.not_after,
-        ),
-        ("the cluster CA".to_string(), material.ca_not_after),
-    ] {
-        let left = at - now_s;
-        if left <= 0 {
-            warnings.push(format!(
-                "{what} expired on {}",
-                crate::clock::format_unix(at)
-            ));
-        } else if left <= soon {
-            warnings.push(format!(
-                "{what} expires in {} day(s), on {}: reissue it with `witness certs` (it is \
-                 reloaded without a restart)",
-                left / 86_400,
-                crate::clock::format_unix(at)
-            ));
-        }
-    }
     json!({
         "enabled": true,
         "cert_expires_unix": material.own.not_after,
         "ca_expires_unix": material.ca_not_after,
-        "warning": if warnings.is_empty() { Value::Null } else { Value::String(warnings.join("; ")) },
+        "warning": warning,
     })
 }
 
@@ -261,13 +235,18 @@ mod tests {
     /// A witness with an empty data dir: a joiner that knows no leader, so
     /// every data route takes its local fallback.
     async fn joiner(dir: &std::path::Path) -> Arc<Node> {
+        joiner_with(dir, &tls_table(dir)).await
+    }
+
+    /// Like [`joiner`], with `tls` as its `[tls]` table.
+    async fn joiner_with(dir: &std::path::Path, tls: &str) -> Arc<Node> {
         let text = format!(
             "[node]\nid = 1\nname = \"w1\"\nsite = \"dc-a\"\ncluster = \"test\"\n\
              listen = \"127.0.0.1:7410\"\nhttp_listen = \"127.0.0.1:7411\"\n\
              data_dir = \"{}\"\n\n[[peer]]\nid = 1\nname = \"w1\"\naddr = \"127.0.0.1:7410\"\n\
              site = \"dc-a\"\n{}",
             dir.join("data").display(),
-            tls_table(dir),
+            tls,
         );
         let config = NodeConfig::parse(&text, std::path::Path::new("w1.toml")).expect("config");
         Node::start(config).await.expect("start node")
@@ -300,6 +279,8 @@ mod tests {
                 Arc::new(crate::trust::Caller {
                     identity: crate::trust::Identity::new("test", principal),
                     chain: Arc::new(Vec::new()),
+                    serial: "1".into(),
+                    not_after: i64::MAX,
                     generation,
                 })
             }),
@@ -477,5 +458,42 @@ mod tests {
         assert!(doc.get("cluster_id").is_none(), "{doc}");
         assert!(!body.contains("incarnation"), "{body}");
         assert_eq!(doc["tls"]["enabled"], true, "{doc}");
+    }
+
+    /// A witness without TLS says so on its page and in every `status`
+    /// answer, so that nobody mistakes it for a protected one.
+    #[tokio::test]
+    async fn a_witness_without_tls_warns_on_the_page_and_in_status() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = joiner_with(dir.path(), "\n[tls]\ninsecure = true\n").await;
+        let (_, _, body) = get_as(&node, "/status.json", None).await;
+        let doc: Value = serde_json::from_str(&body).expect("status json");
+        assert_eq!(doc["tls"]["enabled"], false, "{doc}");
+        assert!(
+            doc["tls"]["warning"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("w1 runs without TLS"),
+            "{doc}"
+        );
+        let status = AdminService::new(node.clone()).local_snapshot();
+        assert!(
+            status
+                .warnings
+                .iter()
+                .any(|w| w.contains("runs without TLS")),
+            "{:?}",
+            status.warnings
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        // With TLS, only expiry is ever warned of (this test's
+        // certificates live one day).
+        let node = joiner(dir.path()).await;
+        let warnings = AdminService::new(node.clone()).local_snapshot().warnings;
+        assert!(
+            !warnings.is_empty() && warnings.iter().all(|w| w.contains("expires in")),
+            "{warnings:?}"
+        );
     }
 }

@@ -35,6 +35,8 @@ use crate::state::AgentReport;
 /// Buffered verdicts per watcher; a watcher that falls this far behind is
 /// dropped (it reconnects and gets the current verdict first).
 const WATCH_BUFFER: usize = 16;
+/// How often a verdict watch checks that its caller is still trusted.
+const WATCH_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct WitnessService {
     node: Arc<Node>,
@@ -69,7 +71,10 @@ impl WitnessService {
     fn known_site(&self, site: &str) -> Result<(), Status> {
         let applied = self.node.state.current();
         let Some(policy) = applied.state.policy.as_ref() else {
-            return Ok(());
+            return Err(Status::failed_precondition(
+                "this witness knows no policy yet, so no site: apply one with `witnessctl policy \
+                 apply`, or ask another witness",
+            ));
         };
         if policy.sites.iter().any(|s| s.name == site) {
             return Ok(());
@@ -192,12 +197,31 @@ impl Witness for WitnessService {
         request: Request<GetVerdictRequest>,
     ) -> Result<Response<Self::WatchVerdictStream>, Status> {
         self.agent(&request)?;
+        // A stream outlives the call's check: the caller's certificate is
+        // checked again every few seconds (expiry, a reload's CA or deny
+        // list), and the stream ends when it is no longer trusted.
+        let recheck = match self.node.trust.clone() {
+            Some(trust) => Some((super::authz::connection_caller(&trust, &request)?, trust)),
+            None => None,
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         let mut states = self.node.state.subscribe();
         let me = self.node.config.node.id;
         tokio::spawn(async move {
             let mut last = None;
+            let mut tick = tokio::time::interval(WATCH_RECHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                if let Some((caller, trust)) = &recheck
+                    && let Err(why) = trust.still_trusts(caller)
+                {
+                    tracing::warn!("ended a verdict watch of {}: {why}", caller.identity);
+                    let _ = tx.try_send(Err(Status::unauthenticated(format!(
+                        "{} is no longer trusted: {why}",
+                        caller.identity
+                    ))));
+                    return;
+                }
                 // Most applied entries (observations) change neither the
                 // verdict nor a directive: compare those first, and build
                 // and send a message only when one of them changed.
@@ -225,6 +249,7 @@ impl Witness for WitnessService {
                 tokio::select! {
                     changed = states.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
+                    _ = tick.tick() => {}
                 }
             }
         });
@@ -246,6 +271,9 @@ impl Witness for WitnessService {
                 return Err(Status::invalid_argument(
                     "state is more than the limit of 32 bytes",
                 ));
+            }
+            if !r.state.is_empty() {
+                check_name("state", &r.state)?;
             }
             self.known_site(&r.site)?;
         }
@@ -320,7 +348,7 @@ impl Witness for WitnessService {
         if !best_effort
             && let Err(why) = self
                 .node
-                .check_agent_lease(term, &req.agent, req.epoch, lease_ttl)
+                .check_agent_lease(term, &req.site, &req.agent, req.epoch, lease_ttl)
         {
             return refuse(why);
         }
@@ -386,6 +414,8 @@ impl Witness for WitnessService {
             Fresh::Stale(why) => return refuse(why),
         };
         let state = &applied.state;
+        let (site, _) = super::directives::site_and_role(&state.ledger, req.epoch, &req.name);
+        directive_of_own_site(&proven, &site, req.epoch, &req.name)?;
         if !state
             .ledger
             .holds(req.epoch, &req.name, &req.agent, req.generation)
@@ -409,7 +439,7 @@ impl Witness for WitnessService {
         if !best_effort
             && let Err(why) = self
                 .node
-                .check_agent_lease(term, &req.agent, req.epoch, lease_ttl)
+                .check_agent_lease(term, &site, &req.agent, req.epoch, lease_ttl)
         {
             // The claim itself is current: a leader that has not granted
             // this agent a lease yet (a new one) only asks it to renew first.
@@ -452,6 +482,8 @@ impl Witness for WitnessService {
                     super::limits::MAX_OUTPUT_TAIL
                 )));
             }
+            r.output_tail = super::limits::printable(&r.output_tail);
+            r.error = super::limits::printable(&r.error);
         }
         if let Some(r) = self
             .forward(
@@ -463,6 +495,12 @@ impl Witness for WitnessService {
             return r;
         }
         let req = request.into_inner();
+        {
+            let applied = self.node.state.current();
+            let (site, _) =
+                super::directives::site_and_role(&applied.state.ledger, req.epoch, &req.name);
+            directive_of_own_site(&proven, &site, req.epoch, &req.name)?;
+        }
         let response = self
             .node
             .propose(crate::state::Request::ReportDirective {
@@ -512,6 +550,30 @@ impl Witness for WitnessService {
             }
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
         }
+    }
+}
+
+/// An agent acts only on its own site's directives: an agent of another
+/// site with the same name must not renew or report a claim it does not
+/// hold. (`site` is the directive's, `unknown` when the ledger has no such
+/// directive: the ledger then refuses the call itself.)
+fn directive_of_own_site(
+    proven: &Option<(String, String)>,
+    site: &str,
+    epoch: u64,
+    name: &str,
+) -> Result<(), Status> {
+    match proven {
+        Some((own, agent)) if site != "unknown" && own != site => {
+            tracing::warn!(
+                "refused agent {own}/{agent}: it acted on directive {epoch}/{name} of site {site}"
+            );
+            Err(Status::permission_denied(format!(
+                "agent {own}/{agent} may not act on directive {epoch}/{name}, which is for site \
+                 {site}"
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -51,6 +51,10 @@ pub enum Port {
 pub struct Caller {
     pub identity: Identity,
     pub chain: Arc<Vec<CertificateDer<'static>>>,
+    /// The certificate's serial number (lower-case hex) and expiry (Unix
+    /// seconds): a connection outliving its certificate is refused.
+    pub serial: String,
+    pub not_after: i64,
     /// [`Trust::generation`] when the handshake was checked.
     pub generation: u64,
 }
@@ -327,8 +331,10 @@ pub async fn accept<IO: AsyncRead + AsyncWrite + Unpin>(
     remote: Option<SocketAddr>,
     port: Port,
 ) -> Result<Conn<IO>, String> {
-    let material = trust.current();
+    // The generation first: a reload between the two reads stamps the
+    // connection with the older generation, so it is re-checked later.
     let generation = trust.generation();
+    let material = trust.current();
     let config = match port {
         Port::Grpc => material.grpc_server.clone(),
         Port::Http => material.http_server.clone(),
@@ -348,14 +354,16 @@ pub async fn accept<IO: AsyncRead + AsyncWrite + Unpin>(
     let leaf = chain
         .first()
         .ok_or_else(|| "no client certificate".to_string())?;
-    let identity = super::pki::cert_info(leaf)?.identity;
+    let info = super::pki::cert_info(leaf)?;
     Ok(Conn {
         stream: Stream::Tls(Box::new(tls)),
         info: ConnInfo {
             remote,
             caller: Some(Arc::new(Caller {
-                identity,
+                identity: info.identity,
                 chain: Arc::new(chain),
+                serial: info.serial,
+                not_after: info.not_after,
                 generation,
             })),
         },

@@ -223,10 +223,16 @@ impl Trust {
         Ok(true)
     }
 
-    /// Whether a caller accepted earlier is still trusted: always, unless a
-    /// reload since its handshake changed the CA or the deny list and they
-    /// no longer accept its certificate.
+    /// Whether a caller accepted earlier is still trusted: its certificate
+    /// has not expired since, and, if a reload since its handshake changed
+    /// the CA or the deny list, they still accept it.
     pub fn still_trusts(&self, caller: &Caller) -> Result<(), String> {
+        if crate::unix_now() >= caller.not_after {
+            return Err(format!(
+                "its certificate expired on {}",
+                format_unix(caller.not_after)
+            ));
+        }
         if caller.generation == self.generation() {
             return Ok(());
         }

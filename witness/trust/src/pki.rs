@@ -406,6 +406,21 @@ impl Material {
         })
     }
 
+    /// Why the deny list refuses `identity` (and, when known, the serial
+    /// `serial` of its certificate): for a caller a peer forwarded, whose
+    /// certificate this process never saw.
+    pub fn denies(&self, identity: &Identity, serial: Option<&str>) -> Option<String> {
+        if let Some(serial) = serial.and_then(normalize_serial)
+            && self.deny.serials.contains(&serial)
+        {
+            return Some(format!("certificate serial {serial} is on the deny list"));
+        }
+        self.deny
+            .identities
+            .contains(&identity.uri())
+            .then(|| format!("{identity} is on the deny list"))
+    }
+
     /// Whether a client certificate accepted under older material is still
     /// trusted under this one (after a reload changed the CA or deny list).
     pub fn still_trusts(&self, chain: &[CertificateDer<'static>], now: i64) -> Result<(), String> {
