@@ -429,6 +429,7 @@ fn run_one(seed: u64) {
 fn simulated_cluster_keeps_one_site_active_under_faults() {
     init_tracing();
     install_sim_clock();
+    pki::prepare();
     if let Some(seed) = env_u64("WITNESS_SIM_CHILD") {
         // One seed of a batch, in its own process.
         match run_seed(seed, true) {
@@ -540,6 +541,7 @@ const REPLAY_SEEDS: [u64; 4] = [3, 5, 6, 17];
 /// replayed and debugged with `WITNESS_SIM_SEED`.
 #[test]
 fn a_seed_replays_to_the_same_trace() {
+    pki::prepare();
     if !cfg!(tokio_unstable) {
         panic!(
             "this build lacks `--cfg tokio_unstable` (set by .cargo/config.toml; a RUSTFLAGS \

@@ -52,11 +52,25 @@ fn make(dir: &Path) {
         certs::issue_into(fresh.path(), fresh.path(), principal, &[], DAYS, false, now)
             .expect("a simulation certificate");
     }
-    let _ = std::fs::remove_dir_all(dir);
-    // Another process may have renamed its set into place first: use it.
+    // A set that no longer loads is moved aside, never deleted in place: a
+    // process that loaded it keeps its open files.
+    if dir.exists() && !usable(dir) {
+        let aside = parent.join(format!("sim-pki-old-{}", std::process::id()));
+        if std::fs::rename(dir, &aside).is_ok() {
+            let _ = std::fs::remove_dir_all(&aside);
+        }
+    }
+    // Renaming onto a directory that exists fails: another process put its
+    // set in place first, and that one is used.
     if std::fs::rename(fresh.path(), dir).is_err() {
         assert!(usable(dir), "no usable certificates in {}", dir.display());
     }
+}
+
+/// Make (or check) the certificates now, in the process that spawns the
+/// seeds' processes, so that they never race to make them.
+pub fn prepare() {
+    dir();
 }
 
 fn principals() -> Vec<(Principal, Expect)> {
