@@ -275,7 +275,6 @@ impl Witness for WitnessService {
             if !r.state.is_empty() {
                 check_name("state", &r.state)?;
             }
-            self.known_site(&r.site)?;
         }
         if let Some(r) = self
             .forward(&request, |mut c, r| async move { c.renew_lease(r).await })
@@ -283,6 +282,9 @@ impl Witness for WitnessService {
         {
             return r;
         }
+        // On the leader, whose policy is the committed one (a follower that
+        // has not caught up forwards rather than refuses).
+        self.known_site(&request.get_ref().site)?;
         let req = request.into_inner();
         let reply = self.answer_renewal(&req).await?;
         self.node.counters.lease_answered(&req.site, &reply);
@@ -301,7 +303,6 @@ impl Witness for WitnessService {
             check_name("site", &r.site)?;
             check_name("role", &r.role)?;
             check_name("directive name", &r.name)?;
-            self.known_site(&r.site)?;
         }
         if let Some(r) = self
             .forward(
@@ -312,6 +313,7 @@ impl Witness for WitnessService {
         {
             return r;
         }
+        self.known_site(&request.get_ref().site)?;
         let req = request.into_inner();
         let refuse = |reason: String| {
             Ok(Response::new(ClaimDirectiveReply {
@@ -482,8 +484,6 @@ impl Witness for WitnessService {
                     super::limits::MAX_OUTPUT_TAIL
                 )));
             }
-            r.output_tail = super::limits::printable(&r.output_tail);
-            r.error = super::limits::printable(&r.error);
         }
         if let Some(r) = self
             .forward(
@@ -494,7 +494,10 @@ impl Witness for WitnessService {
         {
             return r;
         }
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // On the leader only: the replacement character is longer than
+        // what it replaces, and the follower's size check came first.
+        req.output_tail = super::limits::printable(&req.output_tail);
         {
             let applied = self.node.state.current();
             let (site, _) =

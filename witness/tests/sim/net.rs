@@ -41,9 +41,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// redialled (see the module doc).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(1);
-/// A client's TLS handshake gives up after this (a dropped segment stalls
-/// turmoil's stream for good; see the module doc).
-const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A witness's accepted, authenticated connection.
 pub type TlsConn = witness::trust::conn::Conn<turmoil::net::TcpStream>;
@@ -151,16 +148,12 @@ pub fn channel(addr: &str, trust: Arc<Trust>, expect: Dial) -> Result<Channel, S
             async move {
                 let host = uri.host().unwrap_or_default().to_string();
                 let port = uri.port_u16().unwrap_or(80);
+                // The endpoint's connect timeout bounds the connect and the
+                // handshake together, as in production.
                 let tcp = connect(host.clone(), port).await?;
-                let handshake =
-                    witness::trust::conn::secure(tcp, &host, port, Some(&trust), expect);
-                match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(conn) => conn.map(TokioIo::new),
-                    Err(_) => Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "TLS handshake timed out",
-                    )),
-                }
+                witness::trust::conn::secure(tcp, &host, port, Some(&trust), expect)
+                    .await
+                    .map(TokioIo::new)
             }
         })),
     )
