@@ -504,3 +504,125 @@ fn keep(kept: &mut Vec<u8>, bytes: &[u8]) {
     let room = MAX_COMMAND_OUTPUT.saturating_sub(kept.len());
     kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Consul reader's TLS against a real TLS server that demands a
+    //! client certificate, as a Consul agent with `verify_incoming` does.
+
+    use super::*;
+    use crate::config::ConsulTls;
+    use crate::trust::{Expect, Port, Principal, Trust, certs};
+
+    /// A CA for `cluster` in `dir` (unless there is one) and, from it, a
+    /// certificate for `id` valid for 127.0.0.1: (CA PEM, certificate and
+    /// key PEM).
+    fn issue(dir: &std::path::Path, cluster: &str, id: u64) -> (Vec<u8>, Vec<u8>) {
+        let now = crate::trust::unix_now();
+        if !dir.join(certs::CA_CERT).exists() {
+            certs::init_ca(dir, cluster, 1, false, now).expect("CA");
+        }
+        let (cert, key) = certs::issue_into(
+            dir,
+            dir,
+            Principal::Peer { id },
+            &["127.0.0.1".to_string()],
+            1,
+            false,
+            now,
+        )
+        .expect("certificate");
+        let ca = std::fs::read(dir.join(certs::CA_CERT)).expect("CA pem");
+        let mut identity = std::fs::read(cert).expect("cert pem");
+        identity.extend(std::fs::read(key).expect("key pem"));
+        (ca, identity)
+    }
+
+    /// A one-route HTTPS server on loopback (Consul's health endpoint)
+    /// that accepts only clients with a certificate of `dir`'s CA.
+    async fn consul_over_tls(dir: &std::path::Path) -> std::net::SocketAddr {
+        issue(dir, "consul", 2);
+        let files = crate::trust::TlsFiles {
+            ca: dir.join(certs::CA_CERT),
+            cert: dir.join("peer-2.pem"),
+            key: dir.join("peer-2.key"),
+            deny: None,
+        };
+        let trust = Trust::load(
+            files,
+            Expect::Peer {
+                cluster: "consul".into(),
+                id: 2,
+            },
+        )
+        .expect("server trust");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let incoming = crate::trust::Incoming::new(listener, Some(trust), Port::Http);
+        let addr = incoming.local_addr();
+        let app = axum::Router::new().route(
+            "/v1/health/state/any",
+            axum::routing::get(|| async {
+                r#"[{"Node":"mbox-a","CheckID":"serfHealth","Status":"passing"}]"#
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(incoming, app).await;
+        });
+        addr
+    }
+
+    fn request(addr: std::net::SocketAddr) -> HttpRequest {
+        HttpRequest {
+            url: format!("https://127.0.0.1:{}/v1/health/state/any", addr.port()),
+            headers: Vec::new(),
+            timeout: Duration::from_secs(5),
+            tls_verify: true,
+            max_body: 64 * 1024,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_consul_reader_speaks_mutual_tls_with_its_ca_and_certificate() {
+        let server_dir = tempfile::tempdir().expect("tempdir");
+        let addr = consul_over_tls(server_dir.path()).await;
+        let (ca, identity) = issue(server_dir.path(), "consul", 1);
+
+        let transport = RealTransport::for_consul(&ConsulTls {
+            ca_pem: Some(ca.clone()),
+            identity_pem: Some(identity),
+        })
+        .expect("transport");
+        let answer = transport.http_get(request(addr)).await.expect("answered");
+        assert_eq!(answer.status, 200);
+        assert!(String::from_utf8_lossy(&answer.body).contains("passing"));
+
+        // Without a client certificate, the agent refuses the handshake.
+        let transport = RealTransport::for_consul(&ConsulTls {
+            ca_pem: Some(ca),
+            identity_pem: None,
+        })
+        .expect("transport");
+        assert!(transport.http_get(request(addr)).await.is_err());
+
+        // With another CA, the agent's certificate is not trusted.
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let (other_ca, other_identity) = issue(other_dir.path(), "consul", 1);
+        let transport = RealTransport::for_consul(&ConsulTls {
+            ca_pem: Some(other_ca),
+            identity_pem: Some(other_identity),
+        })
+        .expect("transport");
+        let refused = transport
+            .http_get(request(addr))
+            .await
+            .expect_err("a server of another CA is refused");
+        assert!(
+            format!("{refused:?}")
+                .to_lowercase()
+                .contains("certificate"),
+            "{refused:?}"
+        );
+    }
+}
