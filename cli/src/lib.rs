@@ -913,6 +913,10 @@ enum Retry {
     Write,
 }
 
+/// Metadata a witness that is no member yet puts on its refusal (the
+/// server's `NOT_MEMBER_HEADER`).
+const NOT_MEMBER_HEADER: &str = "x-witness-not-member";
+
 /// Call `f` on the first endpoint that answers. Connection failures move on
 /// to the next endpoint; so do transient failures of a [`Retry::Read`].
 /// Otherwise an answer (even an error status) is final.
@@ -962,6 +966,12 @@ where
         let client = AdminClient::new(channel);
         let err = match tokio::time::timeout(cli.timeout, f(client)).await {
             Ok(Ok(resp)) => return Ok(resp.into_inner()),
+            // A witness that is no member yet: the request reached no
+            // cluster, so even a change may go to the next endpoint.
+            Ok(Err(status)) if status.metadata().contains_key(NOT_MEMBER_HEADER) => {
+                failures.push(format!("{endpoint}: {}", status.message()));
+                continue;
+            }
             Ok(Err(status)) => classify(endpoint, status),
             Err(_) => CtlError::Unavailable {
                 endpoint: endpoint.to_string(),

@@ -508,6 +508,17 @@ impl Node {
         self.raft.metrics().borrow_watched().current_leader
     }
 
+    /// Is this node in the membership it knows (a voter or a learner)? A
+    /// joiner that no cluster has admitted yet is not.
+    pub fn is_member(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .get_node(&self.config.node.id)
+            .is_some()
+    }
+
     /// Is this node the leader right now (by its own metrics)?
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader

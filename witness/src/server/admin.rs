@@ -488,6 +488,11 @@ impl Admin for AdminService {
             match fwd {
                 None => {}
                 Some(Ok(resp)) => return Ok(resp),
+                // A joiner's local view is not the cluster's: the client
+                // asks another witness (`status --local` still shows it).
+                Some(Err(e)) if e.metadata().contains_key(super::NOT_MEMBER_HEADER) => {
+                    return Err(e);
+                }
                 Some(Err(e)) => {
                     let note = format!("could not reach the leader ({}); local view", e.message());
                     let mut reply = self.local_status(note);

@@ -35,6 +35,25 @@ pub use authz::FORWARDED_HEADER;
 /// up or for the lease wait, so this is generous.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Metadata key on the refusal of a witness that is not a member of any
+/// cluster (a joiner not admitted yet): the request reached no cluster, so
+/// a client may try another endpoint, even with a change.
+pub const NOT_MEMBER_HEADER: &str = "x-witness-not-member";
+
+/// The refusal of a witness that is not a member (see [`NOT_MEMBER_HEADER`]).
+pub(crate) fn not_member(node: &Node) -> tonic::Status {
+    let mut status = tonic::Status::unavailable(format!(
+        "node {} ({}) is not a member of the cluster yet (it waits to be admitted, e.g. by \
+         `witnessctl members add`): it cannot answer for the cluster; ask another witness",
+        node.config.node.id, node.config.node.name
+    ));
+    status.metadata_mut().insert(
+        NOT_MEMBER_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
+}
+
 fn no_leader() -> tonic::Status {
     tonic::Status::unavailable(
         "no leader: the cluster has no quorum right now; check that a majority of voters run and \
@@ -58,6 +77,9 @@ where
 {
     if node.is_leader() {
         return None;
+    }
+    if !node.is_member() {
+        return Some(Err(not_member(node)));
     }
     if request.metadata().contains_key(FORWARDED_HEADER) {
         return Some(Err(tonic::Status::unavailable(format!(
