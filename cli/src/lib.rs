@@ -319,13 +319,7 @@ pub fn run(cli: Cli) -> u8 {
         let result = runtime.block_on(status_page::serve(&cli, http, *listen, async {
             let _ = tokio::signal::ctrl_c().await;
         }));
-        return match result {
-            Ok(()) => exit::OK,
-            Err(e) => {
-                eprintln!("error: {e}");
-                e.code()
-            }
-        };
+        return exit_code(result);
     }
     if let Command::Watch { interval } = cli.command {
         let json = cli.output == Output::Json;
@@ -347,13 +341,7 @@ pub fn run(cli: Cli) -> u8 {
                 let _ = tokio::signal::ctrl_c().await;
             },
         ));
-        return match result {
-            Ok(()) => exit::OK,
-            Err(e) => {
-                eprintln!("error: {e}");
-                e.code()
-            }
-        };
+        return exit_code(result);
     }
     match runtime.block_on(execute(&cli)) {
         Ok(text) => {
@@ -1042,6 +1030,18 @@ impl Cli {
         )
         .map(Some)
         .map_err(CtlError::Usage)
+    }
+}
+
+/// The exit code of a command that prints as it goes (`watch`,
+/// `status-page`), its error on stderr.
+fn exit_code(result: Result<(), CtlError>) -> u8 {
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.code()
+        }
     }
 }
 
